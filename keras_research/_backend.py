@@ -1,0 +1,36 @@
+"""Guard: keras_research runs only on Keras 3 with the TensorFlow backend.
+
+This module must be imported before anything imports `keras`, so that a
+wrong backend named in `KERAS_BACKEND` is reported by us, clearly, before
+Keras tries (and fails) to import that backend.
+"""
+
+import os
+
+_FIX = (
+    "keras_research needs Keras 3 with the TensorFlow backend. Set the "
+    "environment variable KERAS_BACKEND=tensorflow before importing keras "
+    "(for example `export KERAS_BACKEND=tensorflow`), or set "
+    '"backend": "tensorflow" in ~/.keras/keras.json.'
+)
+
+
+def check_backend():
+    """Raises `ImportError` unless Keras runs on the TensorFlow backend."""
+    requested = os.environ.get("KERAS_BACKEND")
+    if requested is not None and requested != "tensorflow":
+        raise ImportError(
+            f"{_FIX} Received: KERAS_BACKEND={requested!r}"
+        )
+    import keras
+
+    if not keras.__version__.startswith("3."):
+        raise ImportError(
+            f"{_FIX} Received: keras version {keras.__version__}"
+        )
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ImportError(f"{_FIX} Received: Keras backend {backend!r}")
+
+
+check_backend()

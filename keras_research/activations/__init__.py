@@ -1,0 +1,3 @@
+"""Public activations of keras_research."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Public callbacks of keras_research."""
+
+__all__ = []

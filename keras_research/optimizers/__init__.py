@@ -1,0 +1,3 @@
+"""Public optimizers of keras_research."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Public scopes of keras_research."""
+
+__all__ = []

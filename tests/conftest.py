@@ -1,0 +1,37 @@
+"""Shared test set-up: backend, logical CPU devices, seeds, markers."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Split the CPU into two logical devices before TensorFlow initializes, so
+# that MirroredStrategy tests have two replicas on a CPU-only machine.
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+except RuntimeError:  # pragma: no cover - already initialized elsewhere
+    pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: long-running tests (deselect with -m 'not slow')"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_policy():
+    """Fixes seeds and restores the global dtype policy after each test."""
+    keras.utils.set_random_seed(1234)
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+    keras.backend.clear_session()
