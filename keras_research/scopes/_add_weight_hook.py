@@ -1,0 +1,146 @@
+"""The one module of `keras_research.scopes` that reaches into Keras.
+
+Keras 3 offers no public hook into `keras.layers.Layer.add_weight` (the
+Keras counterpart of TensorFlow's variable creators), no public view of
+which layers are being built right now, and no public way to turn a class
+into the header (`module`, `class_name`, `registered_name`) that
+`keras.saving.serialize_keras_object` writes. Everything that needs one of
+those goes through this module, and nothing else in the package imports
+`keras.src`. `tests/scopes/test_add_weight_hook.py` pins each assumption
+made here, so that a Keras upgrade that breaks one fails loudly.
+
+The `add_weight` hook is installed by reference count: the first active
+`weight_creator_scope` (in any thread) installs it, the last one to exit
+restores the original function. While installed, the hook only asks a
+dispatcher (owned by `weight_creator_scope`) what to do; the dispatcher
+consults a thread-local stack, so threads without an active scope see the
+original behaviour.
+"""
+
+import functools
+import threading
+
+import keras
+from keras.src.backend.common import global_state
+from keras.src.backend.common.name_scope import current_path, name_scope
+from keras.src.saving import serialization_lib
+
+_lock = threading.Lock()
+_original_add_weight = keras.layers.Layer.add_weight
+_refcount = 0
+_dispatch = None
+
+_ADD_WEIGHT_POSITIONAL = ("shape", "initializer", "dtype")
+
+
+def original_add_weight(layer, **kwargs):
+    """Calls Keras's own `Layer.add_weight`, bypassing any creator."""
+    return _original_add_weight(layer, **kwargs)
+
+
+@functools.wraps(_original_add_weight)
+def _hooked_add_weight(self, *args, **kwargs):
+    if args:
+        # The legacy positional form `add_weight(shape, initializer,
+        # dtype)`; anything else is left to Keras to reject.
+        if len(args) > len(_ADD_WEIGHT_POSITIONAL) or isinstance(
+            args[0], str
+        ):
+            return _original_add_weight(self, *args, **kwargs)
+        for key, value in zip(_ADD_WEIGHT_POSITIONAL, args):
+            if key in kwargs:
+                return _original_add_weight(self, *args, **kwargs)
+            kwargs[key] = value
+    return _dispatch(self, kwargs)
+
+
+def acquire_add_weight_hook(dispatch):
+    """Installs the `add_weight` hook (reference counted).
+
+    Args:
+        dispatch: callable `(layer, kwargs) -> weight`, called for every
+            `add_weight` call in every thread while the hook is installed.
+    """
+    global _refcount, _dispatch
+    with _lock:
+        if _refcount == 0:
+            _dispatch = dispatch
+            keras.layers.Layer.add_weight = _hooked_add_weight
+        _refcount += 1
+
+
+def release_add_weight_hook():
+    """Undoes one `acquire_add_weight_hook`; the last one restores Keras."""
+    global _refcount, _dispatch
+    with _lock:
+        if _refcount <= 0:
+            raise RuntimeError("The add_weight hook was released too often.")
+        _refcount -= 1
+        if _refcount == 0:
+            if keras.layers.Layer.add_weight is _hooked_add_weight:
+                keras.layers.Layer.add_weight = _original_add_weight
+            _dispatch = None
+
+
+def hook_installed():
+    """Whether `Layer.add_weight` is currently our hook."""
+    return keras.layers.Layer.add_weight is _hooked_add_weight
+
+
+def building_layers():
+    """The layers whose name scopes are open, outermost first.
+
+    Keras opens a name scope (with the layer as `caller`) around every
+    layer's `build` and around `Layer.__call__`, so during `add_weight`
+    this is the chain of layers currently building, outermost first.
+    """
+    stack = global_state.get_global_attribute("name_scope_stack") or []
+    layers = []
+    for entry in stack:
+        caller = getattr(entry, "caller", None)
+        if isinstance(caller, keras.layers.Layer) and (
+            not layers or layers[-1] is not caller
+        ):
+            layers.append(caller)
+    return layers
+
+
+def variable_path(layer, name):
+    """The `path` a weight `name` created now by `layer` will have.
+
+    `Layer.add_weight` creates the variable inside
+    `name_scope(layer.name, caller=layer)`, and a variable's path is the
+    current name-scope path plus its name.
+    """
+    with name_scope(layer.name, caller=layer):
+        parent = current_path()
+    return f"{parent}/{name}" if parent else name
+
+
+def class_header(cls):
+    """The `module`/`class_name`/`registered_name` Keras writes for `cls`."""
+    header = serialization_lib.serialize_with_public_class(cls, {})
+    if header is None:
+        header = {
+            "module": cls.__module__,
+            "class_name": cls.__name__,
+            "registered_name": keras.saving.get_registered_name(cls),
+        }
+    header.pop("config", None)
+    return header
+
+
+def is_layer_container(layer):
+    """Whether `layer` is a plain `Sequential` or functional `Model`.
+
+    Those serialize each of their layers on its own, so a factorization is
+    recorded on the inner layer rather than on the container.
+    """
+    from keras.src.models.functional import Functional
+
+    return type(layer) in (keras.Sequential, Functional)
+
+
+def is_default_get_config(cls):
+    """Whether `cls.get_config` is Keras's auto-generated default."""
+    return getattr(cls.get_config, "_is_default", False)
