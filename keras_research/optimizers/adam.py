@@ -1,0 +1,167 @@
+"""`Adam` written on the `CustomOptimizer` template (one XLA call a step)."""
+
+from keras import ops
+
+from keras_research._export import register
+from keras_research.optimizers import _checks
+from keras_research.optimizers.custom_optimizer import CustomOptimizer
+
+
+@register
+class Adam(CustomOptimizer):
+    """Adam, fused by XLA: a drop-in replacement for `keras.optimizers.Adam`.
+
+    Same arguments, defaults, slot variables and arithmetic as
+    `keras.optimizers.Adam` (swap it in by changing one import), but the
+    update of all variables runs as one XLA-compiled call per step (see
+    `keras_research.optimizers.CustomOptimizer`). With `t` the step count
+    from 1, `g` the gradient and `lr` the learning rate:
+
+    ```
+    m = m + (g - m) * (1 - beta_1)
+    v = v + (g**2 - v) * (1 - beta_2)
+    v_hat = maximum(v_hat, v)               # amsgrad=True only
+    alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    variable = variable - alpha * m / (sqrt(v or v_hat) + epsilon)
+    ```
+
+    `epsilon` is "epsilon hat" of Kingma and Ba (the formula just before
+    their Section 2.1), as in Keras. Sparse (`tf.IndexedSlices`) gradients
+    are densified, as `keras.optimizers.Adam` does (see `CustomOptimizer`).
+
+    Args:
+        learning_rate: A float >= 0, a
+            `keras.optimizers.schedules.LearningRateSchedule` instance, or a
+            callable that takes no arguments and returns the learning rate.
+            Defaults to `0.001`.
+        beta_1: Float in [0, 1). Decay rate of the first-moment estimates.
+            Defaults to `0.9`.
+        beta_2: Float in [0, 1). Decay rate of the second-moment estimates.
+            Defaults to `0.999`.
+        epsilon: Float > 0. Small constant for numerical stability.
+            Defaults to `1e-7`.
+        amsgrad: Boolean. Whether to apply the AMSGrad variant ("On the
+            Convergence of Adam and Beyond"). Defaults to `False`.
+        weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+            ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+            gradient_accumulation_steps, name: The arguments of
+            `keras.optimizers.Optimizer`, with the same meaning and
+            defaults (see `keras.optimizers.Adam`).
+        jit_compile: Boolean. Whether the update runs as one XLA-compiled
+            call (`True`, the default) or op by op (`False`).
+
+    Example:
+
+    >>> import keras
+    >>> import keras_research
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=keras_research.optimizers.Adam(1e-3),
+    ...               loss="mse")
+    >>> x, y = keras.random.normal((32, 3)), keras.random.normal((32, 1))
+    >>> history = model.fit(x, y, epochs=2, verbose=0)
+    >>> int(model.optimizer.iterations)
+    2
+
+    References:
+        - [Kingma and Ba, 2014](https://arxiv.org/abs/1412.6980)
+        - [Reddi et al., 2018](https://openreview.net/pdf?id=ryQu7f-RZ)
+          for `amsgrad`.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        amsgrad=False,
+        weight_decay=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        use_ema=False,
+        ema_momentum=0.99,
+        ema_overwrite_frequency=None,
+        loss_scale_factor=None,
+        gradient_accumulation_steps=None,
+        name=None,
+        jit_compile=True,
+        **kwargs,
+    ):
+        _checks.check_unit_interval("beta_1", beta_1)
+        _checks.check_unit_interval("beta_2", beta_2)
+        _checks.check_positive("epsilon", epsilon)
+        _checks.check_bool("amsgrad", amsgrad)
+        super().__init__(
+            learning_rate=learning_rate,
+            jit_compile=jit_compile,
+            name=name,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            **kwargs,
+        )
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.amsgrad = amsgrad
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        # Same creation order (and so the same saved layout) as Keras Adam.
+        self._momentums, self._velocities = self.add_optimizer_variables(
+            var_list, ["momentum", "velocity"]
+        )
+        if self.amsgrad:
+            self._velocity_hats = self.add_optimizer_variables(
+                var_list, "velocity_hat"
+            )
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        local_step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
+        index = self._get_variable_index(variable)
+        m = self._momentums[index]
+        v = self._velocities[index]
+
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        self.assign_add(
+            m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1)
+        )
+        self.assign_add(
+            v,
+            ops.multiply(
+                ops.subtract(ops.square(gradient), v), 1 - self.beta_2
+            ),
+        )
+        if self.amsgrad:
+            v_hat = self._velocity_hats[index]
+            self.assign(v_hat, ops.maximum(v_hat, v))
+            v = v_hat
+        self.assign_sub(
+            variable,
+            ops.divide(
+                ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)
+            ),
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+            "amsgrad": self.amsgrad,
+        }

@@ -1,0 +1,347 @@
+"""`CustomOptimizer`: a template that runs a per-variable rule fused by XLA."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from keras_research._export import register
+from keras_research.optimizers import _checks
+
+
+def _check_learning_rate(learning_rate):
+    """Validates `learning_rate` and returns it (ints become floats)."""
+    if isinstance(
+        learning_rate, keras.optimizers.schedules.LearningRateSchedule
+    ):
+        return learning_rate
+    if isinstance(learning_rate, bool):
+        pass  # Falls through to the error below.
+    elif isinstance(learning_rate, (int, float)):
+        if math.isfinite(learning_rate) and learning_rate >= 0:
+            return float(learning_rate)
+    elif callable(learning_rate):
+        return learning_rate
+    raise ValueError(
+        "`learning_rate` must be a finite float >= 0, a "
+        "`keras.optimizers.schedules.LearningRateSchedule`, or a callable "
+        "taking no arguments that returns the learning rate. "
+        f"Received: learning_rate={learning_rate!r}"
+    )
+
+
+@register
+class CustomOptimizer(keras.optimizers.Optimizer):
+    """Template for optimizers whose whole update is one XLA-compiled call.
+
+    Optimizer research means many small element-wise operations per variable.
+    Run op by op they are slow (each op is a separate kernel launch that reads
+    and writes memory), which is why production optimizers are hand-fused
+    kernels. `CustomOptimizer` lets you write the update rule with plain,
+    readable `keras.ops` / `tf` operations and runs the update of *all*
+    variables of a step as a single `tf.function(jit_compile=True)` call, so
+    that XLA fuses the element-wise operations into a few kernels.
+
+    A subclass writes only:
+
+    - its hyperparameters in `__init__` (call `super().__init__(...)` first),
+    - `build(var_list)`: call `super().build(var_list)`, then create its
+      per-variable state with `self.add_slot(variable, "name")` (or Keras's
+      own `add_variable_from_reference` / `add_optimizer_variables`),
+    - `update_step(gradient, variable, learning_rate)`: the rule for one
+      variable, using `self.get_slot(variable, "name")`, `self.assign`,
+      `self.assign_add`, `self.assign_sub` and `self.iterations`,
+    - `get_config()`.
+
+    Everything else of `keras.optimizers.Optimizer` keeps working: learning
+    rate schedules, `weight_decay` and `exclude_from_weight_decay`,
+    `clipnorm` / `clipvalue` / `global_clipnorm`, `use_ema`,
+    `gradient_accumulation_steps`, `keras.optimizers.LossScaleOptimizer`,
+    `tf.distribute.MirroredStrategy` (one compiled call per replica device),
+    and both compiled and uncompiled (`run_eagerly=True`) train steps.
+
+    What is compiled: the decoupled weight decay and the `update_step` of
+    every variable that received a gradient. Gradient clipping, gradient
+    accumulation, EMA, variable constraints and the iteration counter run as
+    in Keras, outside the compiled call, with Keras's own code. Variables are
+    captured by the compiled function (not passed as arguments); gradients
+    and the learning rate are passed as tensors. One compiled function is
+    traced per set of variables (and per replica device), so a long `fit`
+    traces it once.
+
+    Sparse gradients: a `tf.IndexedSlices` gradient (from an `Embedding` or
+    `tf.gather`) is **densified** before the compiled call with
+    `tf.math.unsorted_segment_sum` (duplicate indices are summed). The update
+    is then the dense rule, exactly as `keras.optimizers.Adam` computes it
+    for such a gradient (moments of rows that were not looked up still
+    decay). This keeps the compiled function's input shapes static, so XLA
+    compiles once instead of once per distinct number of looked-up rows. It
+    costs one dense buffer the size of the variable per step, as in Keras;
+    "lazy" sparse variants that update only the looked-up rows are a
+    different algorithm and are not provided.
+
+    Non-finite gradients are not special-cased, as in Keras: a `nan` or
+    `inf` gradient is applied and propagates into the slots and the
+    variable. Wrap the optimizer in `keras.optimizers.LossScaleOptimizer`
+    (as `fit` does under a `mixed_float16` policy) to skip such steps.
+
+    Args:
+        learning_rate: A float >= 0, a
+            `keras.optimizers.schedules.LearningRateSchedule` instance, or a
+            callable that takes no arguments and returns the learning rate.
+            Defaults to `0.001`.
+        jit_compile: Boolean. If `True` (the default), the update of all
+            variables runs as one XLA-compiled call. If `False`, the same
+            rule runs op by op, uncompiled (useful for debugging with
+            `run_eagerly=True`, and as a baseline).
+        name: String. The name of the optimizer. Defaults to the class
+            name in snake case.
+        **kwargs: The other arguments of `keras.optimizers.Optimizer`,
+            with the same meaning and defaults: `weight_decay`, `clipnorm`,
+            `clipvalue`, `global_clipnorm`, `use_ema`, `ema_momentum`,
+            `ema_overwrite_frequency`, `loss_scale_factor` and
+            `gradient_accumulation_steps`.
+
+    Example:
+
+    >>> import keras
+    >>> from keras import ops
+    >>> import keras_research
+    >>> class MomentumSGD(keras_research.optimizers.CustomOptimizer):
+    ...     def __init__(self, learning_rate=0.01, momentum=0.9, **kwargs):
+    ...         super().__init__(learning_rate=learning_rate, **kwargs)
+    ...         self.momentum = momentum
+    ...     def build(self, var_list):
+    ...         if self.built:
+    ...             return
+    ...         super().build(var_list)
+    ...         for variable in var_list:
+    ...             self.add_slot(variable, "velocity")
+    ...     def update_step(self, gradient, variable, learning_rate):
+    ...         lr = ops.cast(learning_rate, variable.dtype)
+    ...         velocity = self.get_slot(variable, "velocity")
+    ...         self.assign(velocity, self.momentum * velocity + gradient)
+    ...         self.assign_sub(variable, lr * velocity)
+    ...     def get_config(self):
+    ...         return {**super().get_config(), "momentum": self.momentum}
+    >>> variable = keras.Variable([1.0, 2.0])
+    >>> optimizer = MomentumSGD(learning_rate=0.1)
+    >>> optimizer.apply([ops.convert_to_tensor([1.0, 1.0])], [variable])
+    >>> [round(float(x), 4) for x in variable.numpy()]
+    [0.9, 1.9]
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.001,
+        jit_compile=True,
+        name=None,
+        **kwargs,
+    ):
+        if type(self).update_step is CustomOptimizer.update_step:
+            raise TypeError(
+                f"{type(self).__name__} subclasses CustomOptimizer but does "
+                "not implement `update_step(self, gradient, variable, "
+                "learning_rate)`, the per-variable update rule. Received: a "
+                f"class {type(self).__name__} without `update_step`."
+            )
+        learning_rate = _check_learning_rate(learning_rate)
+        _checks.check_bool("jit_compile", jit_compile)
+        weight_decay = kwargs.get("weight_decay")
+        if weight_decay is not None:
+            _checks.check_non_negative("weight_decay", weight_decay)
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.jit_compile = jit_compile
+        # Python-side bookkeeping in a plain object, so that neither Keras
+        # nor TF checkpoint tracking sees it (the slots themselves are
+        # tracked by `add_variable`, in creation order).
+        self._fused = _Bookkeeping()
+
+    # ------------------------------------------------------------------
+    # Slots.
+
+    def add_slot(self, variable, name, initializer="zeros"):
+        """Creates one optimizer variable ("slot") shaped like `variable`.
+
+        Call it from `build`, after `super().build(var_list)`.
+
+        Args:
+            variable: one of the variables passed to `build`.
+            name: string. The slot's name, e.g. `"momentum"`.
+            initializer: initializer name or instance. Defaults to
+                `"zeros"`.
+
+        Returns:
+            The new `keras.Variable`.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"`name` must be a non-empty string. Received: name={name!r}"
+            )
+        index = self._index_of(variable)
+        slots = self._fused.slots.get(name)
+        if slots is None:
+            slots = [None] * len(self._trainable_variables)
+            self._fused.slots[name] = slots
+        if slots[index] is not None:
+            raise ValueError(
+                f"Slot {name!r} already exists for variable "
+                f"{self._describe(variable)}. Received: name={name!r}"
+            )
+        slot = self.add_variable_from_reference(
+            variable, name=name, initializer=initializer
+        )
+        slots[index] = slot
+        return slot
+
+    def get_slot(self, variable, name):
+        """Returns the slot `name` created for `variable` by `add_slot`."""
+        index = self._index_of(variable)
+        slots = self._fused.slots.get(name)
+        if slots is None or slots[index] is None:
+            raise ValueError(
+                f"No slot named {name!r} for variable "
+                f"{self._describe(variable)}. Slots created with `add_slot`: "
+                f"{list(self._fused.slots)}. Received: name={name!r}"
+            )
+        return slots[index]
+
+    def _describe(self, variable):
+        return getattr(variable, "path", None) or getattr(
+            variable, "name", repr(variable)
+        )
+
+    def _index_of(self, variable):
+        if not self.built:
+            raise ValueError(
+                "Slots can be created and read only after the optimizer is "
+                "built: call `super().build(var_list)` first in `build`. "
+                f"Received: variable={self._describe(variable)}"
+            )
+        try:
+            return self._get_variable_index(variable)
+        except (KeyError, AttributeError):
+            known = [self._describe(v) for v in self._trainable_variables]
+            raise ValueError(
+                f"Unknown variable {self._describe(variable)}: this optimizer "
+                f"was built for the variables {known}. "
+                f"Received: variable={variable!r}"
+            ) from None
+
+    # ------------------------------------------------------------------
+    # The rule.
+
+    def update_step(self, gradient, variable, learning_rate):
+        """Updates one variable (and its slots) from its gradient.
+
+        Subclasses must implement it with `keras.ops` / `tf` operations and
+        `self.assign*`. It is traced inside the compiled update, so it must
+        not call `.numpy()` or use Python control flow on tensor values.
+
+        Args:
+            gradient: dense tensor, the gradient of `variable`.
+            variable: the variable to update.
+            learning_rate: scalar tensor, the current learning rate.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------
+    # The compiled update (TensorFlow backend internals reached here only).
+
+    def _apply_weight_decay(self, variables):
+        # Weight decay is applied inside the fused update (see
+        # `_update_all`), in the same order and with the same formula as
+        # Keras: before `update_step`, `v -= v * weight_decay * lr`.
+        return
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        trainable_variables = [
+            v.value if isinstance(v, keras.Variable) else v
+            for v in trainable_variables
+        ]
+        grads = [
+            _densify(g, v) if isinstance(g, tf.IndexedSlices) else g
+            for g, v in zip(grads, trainable_variables)
+        ]
+        learning_rate = tf.convert_to_tensor(learning_rate)
+        grads_and_vars = list(zip(grads, trainable_variables))
+        grads_and_vars = self._all_reduce_sum_gradients(grads_and_vars)
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            self._distributed_fused_update,
+            self._distribution_strategy,
+            grads_and_vars,
+            learning_rate,
+        )
+
+    def _distributed_fused_update(
+        self, distribution, grads_and_vars, learning_rate
+    ):
+        grads = [g for g, _ in grads_and_vars]
+        variables = [v for _, v in grads_and_vars]
+
+        def fused_update(_, grads, variables, learning_rate):
+            self._fused_update(grads, variables, learning_rate)
+
+        # `update` runs `fused_update` once per replica device with that
+        # device's copies of the gradients and variables (once, on the
+        # default strategy).
+        distribution.extended.update(
+            variables[0],
+            fused_update,
+            args=(grads, variables, learning_rate),
+            group=False,
+        )
+
+    def _fused_update(self, grads, variables, learning_rate):
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        if not self.jit_compile:
+            self._update_all(grads, variables, learning_rate)
+            return
+        key = (
+            variables[0].device,
+            tuple(self._var_key(v) for v in variables),
+        )
+        compiled = self._fused.functions.get(key)
+        if compiled is None:
+            variables = list(variables)
+
+            def update_all(grads, learning_rate):
+                self._fused.trace_count += 1
+                self._update_all(grads, variables, learning_rate)
+
+            compiled = tf.function(
+                update_all, jit_compile=True, autograph=False
+            )
+            self._fused.functions[key] = compiled
+        compiled(grads, learning_rate)
+
+    def _update_all(self, grads, variables, learning_rate):
+        for grad, variable in zip(grads, variables):
+            if self.weight_decay is not None and self._use_weight_decay(
+                variable
+            ):
+                lr = tf.cast(learning_rate, variable.dtype)
+                wd = tf.cast(self.weight_decay, variable.dtype)
+                variable.assign_sub(variable * wd * lr)
+            self.update_step(grad, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "jit_compile": self.jit_compile}
+
+
+class _Bookkeeping:
+    """Untracked state of a `CustomOptimizer`."""
+
+    def __init__(self):
+        self.slots = {}  # slot name -> list aligned with the variables.
+        self.functions = {}  # (device, variable keys) -> tf.function.
+        self.trace_count = 0  # Traces of the compiled update, for tests.
+
+
+def _densify(gradient, variable):
+    """Sums an `IndexedSlices` gradient into a dense, static-shape tensor."""
+    num_rows = variable.shape[0]
+    dense = tf.math.unsorted_segment_sum(
+        gradient.values, gradient.indices, num_segments=num_rows
+    )
+    return tf.reshape(dense, variable.shape)
