@@ -213,6 +213,9 @@ class FactorizedWeight:
         name: str, the weight's name as the layer asked for it.
     """
 
+    # Make NumPy defer `array @ weight` and friends to our operators.
+    __array_priority__ = 100
+
     def __init__(self, left, right, shape, name):
         self.left = left
         self.right = right
@@ -319,6 +322,8 @@ class FactorizedVariable(tf.Module):
     in the enclosing module's `trainable_variables`.
     """
 
+    __array_priority__ = 100
+
     def __init__(self, left, right, shape, name=None):
         super().__init__(name=name)
         self.left = left
@@ -354,6 +359,27 @@ class FactorizedVariable(tf.Module):
         if dtype is not None and value.dtype != dtype:
             value = tf.cast(value, dtype)
         return value
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.numpy()
+        return value if dtype is None else value.astype(dtype)
+
+    def __matmul__(self, other):
+        return tf.matmul(self.value(), other)
+
+    def __rmatmul__(self, other):
+        return tf.matmul(other, self.value())
+
+    def __add__(self, other):
+        return self.value() + other
+
+    def __radd__(self, other):
+        return other + self.value()
+
+    def __mul__(self, other):
+        return self.value() * other
+
+    __rmul__ = __mul__
 
     def assign(self, value):
         """Sets the factors to the best rank-r approximation of `value`."""

@@ -26,8 +26,18 @@ def _dispatch(layer, kwargs):
     """Runs one `add_weight` call through this thread's creators."""
     creators = list(_creator_stack())
 
+    def check_layer(kw):
+        if kw.get("layer", layer) is not layer:
+            raise ValueError(
+                "A weight creator cannot move a weight to another "
+                f"layer. Received: layer={kw['layer']!r}, while "
+                f"creating a weight of layer {layer.name!r}."
+            )
+        kw["layer"] = layer
+
     def base_creator(**kw):
-        kw.pop("layer", None)
+        check_layer(kw)
+        del kw["layer"]
         return _add_weight_hook.original_add_weight(layer, **kw)
 
     def make_next(index):
@@ -35,13 +45,7 @@ def _dispatch(layer, kwargs):
             return base_creator
 
         def next_creator(**kw):
-            if kw.get("layer", layer) is not layer:
-                raise ValueError(
-                    "A weight creator cannot move a weight to another "
-                    f"layer. Received: layer={kw['layer']!r}, while "
-                    f"creating a weight of layer {layer.name!r}."
-                )
-            kw["layer"] = layer
+            check_layer(kw)
             return creators[index](make_next(index - 1), **kw)
 
         return next_creator
