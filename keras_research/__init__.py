@@ -10,6 +10,11 @@ from keras_research import (
     scopes,
     testing,
 )
+from keras_research.scopes import (
+    factorize,
+    factorized_scope,
+    weight_creator_scope,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -17,8 +22,11 @@ __all__ = [
     "__version__",
     "activations",
     "callbacks",
+    "factorize",
+    "factorized_scope",
     "layers",
     "optimizers",
     "scopes",
     "testing",
+    "weight_creator_scope",
 ]
