@@ -331,9 +331,11 @@ def factorized_class(original):
         # while `get_config` is the default one.
         get_config._is_default = True
 
+    # The same `__name__` as the original: Keras names a layer's entry in
+    # weights files after its class name, and a full-rank file must match.
     namespace = {
         "__module__": __name__,
-        "__qualname__": f"{original.__name__}WithFactorizedWeights",
+        "__qualname__": original.__qualname__,
         "_kr_original": original,
         "build": build,
         "get_config": get_config,
@@ -342,11 +344,7 @@ def factorized_class(original):
         namespace["call"] = _dense_call
     elif original.call is keras.layers.Embedding.call:
         namespace["call"] = _embedding_call
-    cls = type(
-        f"{original.__name__}WithFactorizedWeights",
-        (FactorizedLayer, original),
-        namespace,
-    )
+    cls = type(original.__name__, (FactorizedLayer, original), namespace)
     # Serialize every factorized class under the loader's name, then point
     # that name back at the loader.
     register = keras.saving.register_keras_serializable(

@@ -196,14 +196,16 @@ class ProductRegularizer(keras.regularizers.Regularizer):
         return {"regularizer": keras.regularizers.serialize(self.regularizer)}
 
 
-class FactorizedWeight:
+class FactorizedWeight(tf.Module):
     """A layer weight stored as `left` (m x r) times `right` (r x n).
 
     Converts to the tensor `reshape(left @ right, shape)` wherever a tensor
     is expected, so layer code that uses the weight is unchanged; inside a
     layer call under a mixed precision policy, the factors are autocast to
     the compute dtype like any Keras variable. It is not itself a
-    variable: the layer tracks, trains and saves `left` and `right`.
+    variable: the layer tracks, trains and saves `left` and `right`. It is
+    a `tf.Module`, so `tf.train.Checkpoint` finds the factors through the
+    layer attribute that holds it.
 
     Attributes:
         left: `keras.Variable` of shape (m, r).
@@ -217,10 +219,15 @@ class FactorizedWeight:
     __array_priority__ = 100
 
     def __init__(self, left, right, shape, name):
+        super().__init__()
         self.left = left
         self.right = right
         self.shape = tuple(int(d) for d in shape)
-        self.name = name
+        self._weight_name = name
+
+    @property
+    def name(self):
+        return self._weight_name
 
     @property
     def rank(self):
