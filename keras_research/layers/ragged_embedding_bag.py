@@ -238,6 +238,9 @@ class RaggedEmbeddingBag(keras.layers.Layer):
             constraint=self.embeddings_constraint,
             name="embeddings",
             trainable=True,
+            # Keras autocasts variables read in `call` under a mixed policy
+            # even with `self.autocast = False`; opt this one out.
+            autocast=False,
         )
 
     # ------------------------------------------------------------------
