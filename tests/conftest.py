@@ -30,6 +30,12 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _seed_and_policy():
     """Fixes seeds and restores the global dtype policy after each test."""
+    # Every MirroredStrategy numbers its collective all-reduces from the same
+    # base, and TensorFlow's collective executor remembers each key for the
+    # life of the process: a second strategy in the same process can reuse a
+    # key with other shapes ("Shape mismatch in the collective instance").
+    # TensorFlow's own tests move the base for each strategy; so do we.
+    tf.distribute.MirroredStrategy._collective_key_base += 100000
     keras.utils.set_random_seed(1234)
     policy = keras.config.dtype_policy()
     yield
