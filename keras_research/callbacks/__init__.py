@@ -1,3 +1,5 @@
 """Public callbacks of keras_research."""
 
-__all__ = []
+from keras_research.callbacks.jacobian_regularizer import JacobianRegularizer
+
+__all__ = ["JacobianRegularizer"]
