@@ -1,0 +1,165 @@
+"""Ready research activations, fused with `activations.fused`.
+
+Each public name here is a `FusedActivation` registered under
+`keras_research>name`, so models using it save and load with
+`safe_mode=True`. The unfused, op-by-op TensorFlow function is available as
+`.function` (for example `gelu_tanh.function`) for comparison.
+"""
+
+import math
+
+import tensorflow as tf
+
+from keras_research._export import register
+from keras_research.activations.fused_activation import fused
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+# Beyond this |x| the tanh in `gelu_tanh` is exactly +-1 in every float
+# dtype; clipping its argument there keeps `x**3` (and its gradient) finite
+# in float16, where 1e4**3 overflows.
+_GELU_CLIP = 10.0
+
+
+@register
+@fused
+def gelu_tanh(x):
+    """Gaussian error linear unit, tanh approximation (fused).
+
+    `gelu_tanh(x) = 0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 x^3)))`
+
+    The approximation used by BERT and GPT-2. For `|x| > 10` the tanh is
+    exactly +-1 in every float dtype, so its argument is computed from `x`
+    clipped to [-10, 10]: the result is unchanged and the cube cannot
+    overflow in float16.
+
+    Args:
+        x: floating-point tensor.
+
+    Returns:
+        A tensor of the shape and dtype of `x`.
+
+    Example:
+
+    >>> y = keras_research.activations.gelu_tanh(tf.constant([-1.0, 2.0]))
+    >>> [round(float(v), 4) for v in y]
+    [-0.1588, 1.9546]
+
+    References:
+        - [Hendrycks and Gimpel, 2016](https://arxiv.org/abs/1606.08415)
+    """
+    xc = tf.clip_by_value(x, -_GELU_CLIP, _GELU_CLIP)
+    inner = _SQRT_2_OVER_PI * (xc + 0.044715 * xc * xc * xc)
+    return 0.5 * x * (1.0 + tf.tanh(inner))
+
+
+@register
+@fused
+def mish(x):
+    """Mish: a self-regularized non-monotonic activation (fused).
+
+    `mish(x) = x * tanh(softplus(x))`, with TensorFlow's overflow-safe
+    softplus.
+
+    Args:
+        x: floating-point tensor.
+
+    Returns:
+        A tensor of the shape and dtype of `x`.
+
+    Example:
+
+    >>> y = keras_research.activations.mish(tf.constant([-1.0, 2.0]))
+    >>> [round(float(v), 4) for v in y]
+    [-0.3034, 1.944]
+
+    References:
+        - [Misra, 2019](https://arxiv.org/abs/1908.08681)
+    """
+    return x * tf.tanh(tf.math.softplus(x))
+
+
+@register
+@fused
+def silu(x):
+    """Sigmoid linear unit, also called Swish with beta = 1 (fused).
+
+    `silu(x) = x * sigmoid(x)`
+
+    Args:
+        x: floating-point tensor.
+
+    Returns:
+        A tensor of the shape and dtype of `x`.
+
+    Example:
+
+    >>> y = keras_research.activations.silu(tf.constant([-1.0, 2.0]))
+    >>> [round(float(v), 4) for v in y]
+    [-0.2689, 1.7616]
+
+    References:
+        - [Elfwing et al., 2017](https://arxiv.org/abs/1702.03118)
+        - [Ramachandran et al., 2017](https://arxiv.org/abs/1710.05941)
+    """
+    return x * tf.sigmoid(x)
+
+
+@register
+@fused
+def snake(x):
+    """Snake: a periodic activation with a linear trend (fused, a = 1).
+
+    `snake(x) = x + sin(x)^2`, the paper's `x + sin^2(a x) / a` at the
+    frequency `a = 1`. It extrapolates periodic functions that ReLU and
+    tanh networks cannot.
+
+    Args:
+        x: floating-point tensor.
+
+    Returns:
+        A tensor of the shape and dtype of `x`.
+
+    Example:
+
+    >>> y = keras_research.activations.snake(tf.constant([-1.0, 2.0]))
+    >>> [round(float(v), 4) for v in y]
+    [-0.2919, 2.8268]
+
+    References:
+        - [Liu Ziyin et al., 2020](https://arxiv.org/abs/2006.08195)
+    """
+    s = tf.sin(x)
+    return x + s * s
+
+
+@register
+@fused
+def silu_softplus_tanh_squared(x):
+    """The talk's deliberately odd activation, fused.
+
+    `x * sigmoid(x) + 0.1 * log1p(exp(-|x|)) - tanh(x)^2`: SiLU, plus a
+    tenth of the softplus of `-|x|`, minus the squared tanh. The TF Dev
+    Summit 2020 talk "Research with TensorFlow" used it as an example of
+    the many tiny element-wise ops that activation research writes, and of
+    what compiling them with XLA buys. `exp(-|x|)` never overflows, so it
+    is safe for any finite input.
+
+    Args:
+        x: floating-point tensor.
+
+    Returns:
+        A tensor of the shape and dtype of `x`.
+
+    Example:
+
+    >>> y = keras_research.activations.silu_softplus_tanh_squared(
+    ...     tf.constant([-1.0, 2.0]))
+    >>> [round(float(v), 4) for v in y]
+    [-0.8176, 0.8449]
+    """
+    return (
+        x * tf.sigmoid(x)
+        + 0.1 * tf.math.log1p(tf.exp(-tf.abs(x)))
+        - tf.square(tf.tanh(x))
+    )
