@@ -450,34 +450,27 @@ class RaggedEmbeddingBag(keras.layers.Layer):
                     tf.cast(row_splits, tf.int32), num_values
                 )
             else:
-                segment_ids = tf.cast(
-                    tf.RaggedTensor.from_row_splits(
-                        ids, row_splits, validate=False
-                    ).value_rowids(),
-                    tf.int32,
-                )
-        segment_ids = tf.cast(segment_ids, tf.int32)
+                segment_ids = tf.RaggedTensor.from_row_splits(
+                    ids, row_splits, validate=False
+                ).value_rowids()
 
         keep = None
         if self.padding_id is not None:
             keep = tf.not_equal(ids, tf.cast(self.padding_id, ids.dtype))
-        in_range = tf.logical_and(
-            tf.greater_equal(ids, 0),
-            tf.less(ids, tf.cast(self.input_dim, ids.dtype)),
-        )
         poisoned = None
         if self.invalid_ids == "ignore":
+            in_range = self._in_range(ids)
             keep = in_range if keep is None else tf.logical_and(keep, in_range)
-        else:
-            invalid = tf.logical_not(in_range)
+        elif xla:
+            # XLA cannot raise: bags holding an invalid id become NaN.
+            invalid = tf.logical_not(self._in_range(ids))
             if keep is not None:
                 invalid = tf.logical_and(invalid, keep)
-            if xla:
-                poisoned = tf.math.unsorted_segment_max(
-                    tf.cast(invalid, tf.int32), segment_ids, num_bags
-                )
-            else:
-                ids = self._check_ids(ids, invalid)
+            poisoned = tf.math.unsorted_segment_max(
+                tf.cast(invalid, tf.int32), segment_ids, num_bags
+            )
+        else:
+            ids = self._check_ids(ids, keep)
 
         if xla:
             return self._reduce_masked(
@@ -493,8 +486,30 @@ class RaggedEmbeddingBag(keras.layers.Layer):
             table, ids, weights, segment_ids, num_bags, row_splits
         )
 
-    def _check_ids(self, ids, invalid):
-        """Raises for invalid ids; returns `ids` gated on the check."""
+    def _in_range(self, ids):
+        return tf.logical_and(
+            tf.greater_equal(ids, 0),
+            tf.less(ids, tf.cast(self.input_dim, ids.dtype)),
+        )
+
+    def _check_ids(self, ids, keep):
+        """Raises for invalid ids; returns `ids` gated on the check.
+
+        Two reductions (smallest and largest id) decide, instead of an
+        element-wise test, unless the padding id itself is out of range.
+        """
+        checked = ids
+        if keep is not None and not 0 <= self.padding_id < self.input_dim:
+            checked = tf.where(keep, ids, tf.zeros_like(ids))
+        smallest = tf.reduce_min(checked)
+        largest = tf.reduce_max(checked)
+        valid = tf.logical_or(
+            tf.equal(tf.size(checked), 0),
+            tf.logical_and(
+                tf.greater_equal(smallest, 0),
+                tf.less(largest, tf.cast(self.input_dim, ids.dtype)),
+            ),
+        )
         allowed = ""
         if self.padding_id is not None:
             allowed = f" (or padding_id={self.padding_id})"
@@ -502,23 +517,15 @@ class RaggedEmbeddingBag(keras.layers.Layer):
             f"RaggedEmbeddingBag: every id must be in [0, input_dim) with "
             f"input_dim={self.input_dim}{allowed}; pass "
             'invalid_ids="ignore" to drop other ids. Received ids outside '
-            "that range; smallest and largest such id:"
+            "that range; smallest and largest id in the batch:"
         )
         if tf.executing_eagerly():
-            if bool(tf.reduce_any(invalid)):
-                bad = tf.boolean_mask(ids, invalid)
-                raise ValueError(
-                    f"{message} {int(tf.reduce_min(bad))}, "
-                    f"{int(tf.reduce_max(bad))}"
-                )
+            if not bool(valid):
+                raise ValueError(f"{message} {int(smallest)}, {int(largest)}")
             return ids
-        bad = tf.boolean_mask(ids, invalid)
         # Assert is a host op: it raises on CPU and GPU alike (a GPU gather
         # alone would silently return zeros). The lookup waits for it.
-        check = tf.debugging.Assert(
-            tf.logical_not(tf.reduce_any(invalid)),
-            [message, tf.reduce_min(bad), tf.reduce_max(bad)],
-        )
+        check = tf.debugging.Assert(valid, [message, smallest, largest])
         with tf.control_dependencies([check]):
             return tf.identity(ids)
 
@@ -565,7 +572,9 @@ class RaggedEmbeddingBag(keras.layers.Layer):
             counts = row_splits[1:] - row_splits[:-1]
         else:
             counts = tf.math.bincount(
-                segment_ids, minlength=num_bags, maxlength=num_bags
+                tf.cast(segment_ids, tf.int32),
+                minlength=num_bags,
+                maxlength=num_bags,
             )
         if self.combiner == "max":
             nonempty = tf.greater(counts, 0)[:, None]
