@@ -62,8 +62,10 @@ def assert_factorized_like(factorized_model, plain_model, rank_of):
     return num_factorized
 
 
-def fit_lowers_loss(model, x, y, epochs=3, optimizer="adam"):
-    model.compile(optimizer=optimizer, loss="mse")
+def fit_lowers_loss(
+    model, x, y, epochs=3, optimizer="adam", loss="mse", run_eagerly=False
+):
+    model.compile(optimizer=optimizer, loss=loss, run_eagerly=run_eagerly)
     history = model.fit(x, y, epochs=epochs, batch_size=len(y), verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)), losses
