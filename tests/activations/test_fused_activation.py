@@ -594,3 +594,39 @@ def test_several_activations_do_not_warn_about_retracing(caplog):
     for activation in [make(k) for k in range(7)]:
         _grad(activation, x)
     assert "retracing" not in caplog.text
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_trains_under_jacobian_regularizer_like_unfused(jit_compile):
+    # The regularizer differentiates a (pfor or unrolled) Jacobian: this
+    # needs the fused backward pass to be differentiable itself.
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.normal(size=(32, 3)).astype("float32")
+    runs = []
+    for activation in (odd, odd_tf):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(8, activation=activation),
+                keras.layers.Dense(3),
+            ]
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.05),
+            loss="mse",
+            jit_compile=jit_compile,
+        )
+        regularizer = keras_research.callbacks.JacobianRegularizer(weight=0.1)
+        history = model.fit(
+            x, y, epochs=2, batch_size=16, verbose=0, callbacks=[regularizer]
+        )
+        runs.append((history.history, model.get_weights()))
+    (fused_history, fused_weights), (history, weights) = runs
+    assert fused_history["jacobian_norm"][0] > 0
+    np.testing.assert_allclose(
+        fused_history["jacobian_norm"], history["jacobian_norm"], rtol=1e-5
+    )
+    for got, want in zip(fused_weights, weights):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
