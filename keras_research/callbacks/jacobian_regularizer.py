@@ -261,6 +261,8 @@ class JacobianRegularizer(keras.callbacks.Callback):
         model = self.model
         _remove_stale_patch(model)
         if model in _ACTIVE:
+            # The `fit` is aborted by this error: undo the other's patch.
+            _ACTIVE[model]._restore()
             raise ValueError(
                 "Only one JacobianRegularizer can be passed to a `fit` call "
                 f"of a model; model {model.name!r} already has one."
@@ -303,7 +305,11 @@ class JacobianRegularizer(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if callable(self.weight):
-            self._set_weight(int(self.model.optimizer.iterations.numpy()))
+            try:
+                self._set_weight(int(self.model.optimizer.iterations.numpy()))
+            except BaseException:
+                self._restore()
+                raise
 
     def on_train_end(self, logs=None):
         self._restore()

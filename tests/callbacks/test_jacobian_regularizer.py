@@ -1,5 +1,8 @@
 """Tests for keras_research.callbacks.JacobianRegularizer."""
 
+import csv
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -171,7 +174,13 @@ def test_penalty_gradient_matches_finite_differences():
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     try:
-        model = mlp(num_inputs=3, num_outputs=2)
+        model = keras.Sequential(
+            [
+                keras.Input((3,)),
+                keras.layers.Dense(4, activation="tanh"),
+                keras.layers.Dense(2),
+            ]
+        )
         x, y = data(5, num_inputs=3, num_outputs=2)
         x = x.astype("float64")
         weights = [w.numpy().copy() for w in model.trainable_weights]
@@ -301,7 +310,9 @@ def test_wrt_embedding_bag_on_ragged_text_model():
     assert_clean(model, bag)
 
 
-@pytest.mark.parametrize("method", ["exact", "projection"])
+@pytest.mark.parametrize(
+    "method", ["exact", pytest.param("projection", marks=pytest.mark.slow)]
+)
 def test_wrt_trains_text_model_with_keras_research_adam(method):
     model = ragged_text_model()
     model.compile(
@@ -467,3 +478,383 @@ def test_model_not_compiled():
     with pytest.raises(ValueError, match="needs a compiled model"):
         callback.on_train_begin()
     assert_clean(model)
+
+
+# ---------------------------------------------------------------------------
+# Interrupted fits.
+
+
+class _Boom(keras.layers.Layer):
+    """Identity that raises while the train step is traced, when armed."""
+
+    armed = False
+
+    def call(self, x, training=False):
+        if training and _Boom.armed:
+            raise RuntimeError("boom")
+        return x
+
+
+class _RaiseAt(keras.callbacks.Callback):
+    def __init__(self, hook, error=RuntimeError):
+        super().__init__()
+        self.hook = hook
+        self.error = error
+
+    def _maybe_raise(self, hook):
+        if hook == self.hook:
+            raise self.error("interrupted")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._maybe_raise("batch_end")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._maybe_raise("epoch_end")
+
+
+def test_restored_when_the_train_step_raises():
+    model = keras.Sequential(
+        [keras.Input((6,)), _Boom(), keras.layers.Dense(4)]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    x, y = data()
+    model.fit(x, y, epochs=1, verbose=0)
+    _Boom.armed = True
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            model.fit(x, y, verbose=0, callbacks=[JacobianRegularizer(1.0)])
+    finally:
+        _Boom.armed = False
+    assert_clean(model)
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    assert "jacobian_norm" not in history.history
+
+
+@pytest.mark.parametrize(
+    "hook,error",
+    [("batch_end", RuntimeError), ("epoch_end", KeyboardInterrupt)],
+)
+def test_patch_left_by_an_interrupted_fit_is_inert_then_removed(hook, error):
+    model = mlp()
+    x, y = data()
+    with pytest.raises(error, match="interrupted"):
+        model.fit(
+            x,
+            y,
+            batch_size=len(x),
+            epochs=2,
+            verbose=0,
+            callbacks=[JacobianRegularizer(1.0), _RaiseAt(hook, error)],
+        )
+    # Nothing of the penalty reaches evaluate or a later fit, and that fit
+    # removes the leftover patch.
+    plain_loss = model.evaluate(x, y, verbose=0, batch_size=len(x))
+    history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
+    np.testing.assert_allclose(history.history["loss"][0], plain_loss, 1e-6)
+    assert "jacobian_norm" not in history.history
+    assert_clean(model)
+
+
+def test_restored_when_the_weight_schedule_raises():
+    model = mlp()
+    x, y = data()
+
+    def weight(epoch, step):
+        raise ArithmeticError("bad schedule")
+
+    with pytest.raises(ArithmeticError, match="bad schedule"):
+        model.fit(x, y, verbose=0, callbacks=[JacobianRegularizer(weight)])
+    assert_clean(model)
+
+
+def test_two_regularizers_in_one_fit():
+    model = mlp()
+    x, y = data(4)
+    with pytest.raises(ValueError, match="Only one JacobianRegularizer"):
+        model.fit(
+            x,
+            y,
+            verbose=0,
+            callbacks=[JacobianRegularizer(), JacobianRegularizer()],
+        )
+    assert_clean(model)
+    model.fit(x, y, verbose=0, callbacks=[JacobianRegularizer()])
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------
+# Weight schedules and logging.
+
+
+def test_weight_callable_of_epoch_and_step():
+    model = mlp()
+    x, y = data()
+    plain_loss = model.evaluate(x, y, verbose=0, batch_size=len(x))
+    seen = []
+
+    def weight(epoch, step):
+        seen.append((epoch, step))
+        return 0.0 if epoch == 0 else 2.0
+
+    history = model.fit(
+        np.concatenate([x, x]),
+        np.concatenate([y, y]),
+        batch_size=len(x),
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[JacobianRegularizer(weight)],
+    )
+    assert seen == [(0, 0), (0, 1), (1, 2), (1, 3)]
+    loss, norm = history.history["loss"], history.history["jacobian_norm"]
+    np.testing.assert_allclose(loss[0], plain_loss, rtol=1e-6)
+    np.testing.assert_allclose(loss[1], plain_loss + 2.0 * norm[1], 1e-5)
+
+
+def test_weight_learning_rate_schedule():
+    model = mlp()
+    x, y = data()
+    plain_loss = model.evaluate(x, y, verbose=0, batch_size=len(x))
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [0], [0.0, 1.0]
+    )
+    history = model.fit(
+        np.concatenate([x, x]),
+        np.concatenate([y, y]),
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[JacobianRegularizer(schedule)],
+    )
+    # Step 0 has weight 0, step 1 weight 1: the epoch's mean loss is the
+    # plain loss plus half the norm.
+    np.testing.assert_allclose(
+        history.history["loss"][0],
+        plain_loss + 0.5 * history.history["jacobian_norm"][0],
+        rtol=1e-5,
+    )
+
+
+def test_csv_logger_and_log_norm_false(tmp_path):
+    model = mlp()
+    x, y = data()
+    path = tmp_path / "log.csv"
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[JacobianRegularizer(), keras.callbacks.CSVLogger(path)],
+    )
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and float(rows[1]["jacobian_norm"]) > 0
+    history = model.fit(
+        x, y, verbose=0, callbacks=[JacobianRegularizer(log_norm=False)]
+    )
+    assert "jacobian_norm" not in history.history
+
+
+def test_progress_bar_shows_jacobian_norm(capsys):
+    model = mlp()
+    x, y = data()
+    model.fit(x, y, epochs=1, verbose=1, callbacks=[JacobianRegularizer()])
+    assert "jacobian_norm:" in capsys.readouterr().out
+
+
+def test_config_round_trip():
+    callback = JacobianRegularizer(
+        0.3, method="projection", num_projections=2, wrt="dense"
+    )
+    config = callback.get_config()
+    assert config == {
+        "weight": 0.3,
+        "method": "projection",
+        "num_projections": 2,
+        "wrt": "dense",
+        "per_example": True,
+        "log_norm": True,
+    }
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(callback)
+    )
+    assert isinstance(restored, JacobianRegularizer)
+    assert restored.get_config() == config
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    restored = JacobianRegularizer.from_config(
+        JacobianRegularizer(schedule).get_config()
+    )
+    assert restored.weight.get_config() == schedule.get_config()
+
+
+# ---------------------------------------------------------------------------
+# Models, compilation, precision and distribution.
+
+
+class SubclassedMLP(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.out = keras.layers.Dense(3)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_subclassed_model():
+    model = SubclassedMLP()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    x, y = data(num_outputs=3)
+    model(x)
+    got = logged_norm(model, x, y)
+    np.testing.assert_allclose(got, loop_norm(model, x), rtol=1e-5)
+    assert_clean(model)
+
+
+@pytest.mark.parametrize(
+    "method", ["exact", pytest.param("projection", marks=pytest.mark.slow)]
+)
+def test_jit_compile_matches_graph(method):
+    x, y = data()
+    norms = []
+    for jit in (False, True):
+        keras.utils.set_random_seed(3)
+        model = mlp(jit_compile=jit)
+        norms.append(logged_norm(model, x, y, method=method))
+        assert_clean(model)
+    # Exact: same value; projection: the same estimator, other draws.
+    rtol = 1e-5 if method == "exact" else 0.5
+    np.testing.assert_allclose(norms[1], norms[0], rtol=rtol)
+    if method == "exact":
+        keras.utils.set_random_seed(3)
+        expected = loop_norm(mlp(), x)
+        np.testing.assert_allclose(norms[1], expected, rtol=1e-5)
+
+
+class _StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+@pytest.mark.parametrize(
+    "method", ["exact", pytest.param("projection", marks=pytest.mark.slow)]
+)
+def test_compiled_step_has_no_xla_cliff(method):
+    """A pfor Jacobian in an XLA step recompiles every step (seconds)."""
+    x, y = data(640, num_inputs=64, num_outputs=10)
+    medians = {}
+    for jit in (False, True):
+        model = mlp(
+            num_inputs=64,
+            num_outputs=10,
+            jit_compile=jit,
+            optimizer=keras.optimizers.SGD(0.01),
+        )
+        timer = _StepTimer()
+        model.fit(
+            x,
+            y,
+            batch_size=64,
+            epochs=1,
+            verbose=0,
+            callbacks=[JacobianRegularizer(0.1, method=method), timer],
+        )
+        medians[jit] = float(np.median(timer.times[2:]))
+    # The cliff is 100x-1000x; allow for noise on a shared machine.
+    assert medians[True] < 5 * medians[False] + 0.005, medians
+
+
+def test_exact_full_jacobian_under_jit_is_refused():
+    model = mlp(jit_compile=True)
+    x, y = data(4)
+    with pytest.raises(ValueError, match="per_example=False"):
+        model.fit(
+            x, y, verbose=0, callbacks=[JacobianRegularizer(per_example=False)]
+        )
+    assert_clean(model)
+
+
+def test_exact_under_jit_with_too_many_outputs_is_refused():
+    model = mlp(num_outputs=200, jit_compile=True)
+    x, y = data(4, num_outputs=200)
+    with pytest.raises(ValueError, match="method='projection'"):
+        model.fit(x, y, verbose=0, callbacks=[JacobianRegularizer()])
+    assert_clean(model)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    x, y = data()
+    keras.utils.set_random_seed(5)
+    expected = loop_norm(mlp(), x)
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(5)
+    model = mlp()
+    got = logged_norm(model, x, y)
+    rtol = 2e-2 if policy == "mixed_bfloat16" else 5e-3
+    np.testing.assert_allclose(got, expected, rtol=rtol)
+    model.optimizer = None
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(
+        x, y, epochs=2, verbose=0, callbacks=[JacobianRegularizer(0.1)]
+    )
+    assert all(np.isfinite(history.history["loss"]))
+    assert_clean(model)
+
+
+def test_mirrored_strategy():
+    x, y = data()
+    keras.utils.set_random_seed(9)
+    reference = mlp()
+    expected = loop_norm(reference, x)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = mlp()
+        model.set_weights(reference.get_weights())
+    plain_loss = model.evaluate(x, y, verbose=0, batch_size=len(x))
+    history = model.fit(
+        x,
+        y,
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        callbacks=[JacobianRegularizer(0.5)],
+    )
+    norm = history.history["jacobian_norm"][0]
+    np.testing.assert_allclose(norm, expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        history.history["loss"][0], plain_loss + 0.5 * norm, rtol=1e-5
+    )
+    assert_clean(model)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_gradient_matches_single_device():
+    x, y = data()
+    keras.utils.set_random_seed(9)
+    single = mlp(optimizer=keras.optimizers.SGD(0.1))
+    weights = single.get_weights()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = mlp(optimizer=keras.optimizers.SGD(0.1))
+        mirrored.set_weights(weights)
+    for model in (single, mirrored):
+        model.fit(
+            x,
+            y,
+            batch_size=len(x),
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+            callbacks=[JacobianRegularizer(0.5)],
+        )
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
