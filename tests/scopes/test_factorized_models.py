@@ -58,6 +58,7 @@ def test_mobilenet_v2(tmp_path):
     np.testing.assert_array_equal(loaded(x), model(x))
 
 
+@pytest.mark.slow  # Importing keras_hub alone takes several seconds.
 def test_keras_hub_bert_backbone(tmp_path):
     keras_hub = pytest.importorskip("keras_hub")
     config = dict(
