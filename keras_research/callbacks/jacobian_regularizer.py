@@ -3,6 +3,7 @@
 import inspect
 import math
 import threading
+import warnings
 import weakref
 
 import keras
@@ -15,6 +16,8 @@ _METHODS = ("exact", "projection")
 # product per row (see `_squared_norms`); past this many rows the unrolled
 # graph takes longer to compile than it is worth.
 _MAX_UNROLLED_VJPS = 128
+# `method="exact"` warns above this many outputs (see the benchmark).
+_WARN_EXACT_OUTPUTS = 100
 # Models whose train step is being patched right now, so that two
 # regularizers never patch the same model at once and a patch left behind
 # by an interrupted `fit` is found and removed.
@@ -665,6 +668,16 @@ class JacobianRegularizer(keras.callbacks.Callback):
                     f"{num_outputs} outputs per example. Use "
                     "`method='projection'` or compile with "
                     "`jit_compile=False`."
+                )
+            if num_outputs > _WARN_EXACT_OUTPUTS:
+                warnings.warn(
+                    "JacobianRegularizer(method='exact') costs about one "
+                    f"backward pass per output; model {model.name!r} has "
+                    f"{num_outputs} outputs per example (with 1000 outputs "
+                    "a step cost ~200 plain steps in our benchmark). "
+                    "`method='projection'` costs one backward pass per "
+                    "projection.",
+                    stacklevel=2,
                 )
             result.update(target=y, scale=1.0, rows=num_outputs)
             return result

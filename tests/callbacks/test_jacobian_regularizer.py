@@ -858,3 +858,28 @@ def test_mirrored_strategy_gradient_matches_single_device():
         )
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_exact_with_many_outputs_warns():
+    model = mlp(num_outputs=101)
+    x, y = data(4, num_outputs=101)
+    with pytest.warns(UserWarning, match="method='projection'"):
+        model.fit(x, y, verbose=0, callbacks=[JacobianRegularizer()])
+
+
+def test_steps_per_execution():
+    model = mlp(steps_per_execution=2)
+    x, y = data()
+    expected = loop_norm(model, x)
+    history = model.fit(
+        np.tile(x, (4, 1)),
+        np.tile(y, (4, 1)),
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        callbacks=[JacobianRegularizer(1.0)],
+    )
+    np.testing.assert_allclose(
+        history.history["jacobian_norm"][0], expected, rtol=1e-5
+    )
+    assert_clean(model)
