@@ -175,6 +175,14 @@ def paths_section(ids, vocab, dim, repeats):
             tf.gather(table, x.values), x.value_rowids()), x)),
         "segment_mean": step(lambda x: tf.math.segment_mean(
             tf.gather(table, x.values), x.value_rowids())),
+        "sparse.segment_mean(sparse_gradient=True)": step(
+            lambda x: tf.sparse.segment_mean(
+                table, x.values, x.value_rowids(), num_segments=x.nrows(),
+                sparse_gradient=True)),
+        "unique + gather + segment_sum + scale": step(lambda x: scale(
+            tf.math.segment_sum(
+                tf.gather(tf.gather(table, tf.unique(x.values)[0]),
+                          tf.unique(x.values)[1]), x.value_rowids()), x)),
         "unsorted_segment_sum + scale": step(lambda x: scale(
             tf.math.unsorted_segment_sum(tf.gather(table, x.values),
                                          x.value_rowids(), x.nrows()), x)),
@@ -185,12 +193,42 @@ def paths_section(ids, vocab, dim, repeats):
                                          cumsum_ids(x), x.nrows()), x),
             jit_compile=True),
     }
-    return compare(
+    compare(
         {name: (lambda fn=fn: fn(ids)) for name, fn in candidates.items()},
         baseline="segment_sum + scale",
         warmup=3,
         repeats=repeats,
         title="reduction paths (mean, fwd+bwd; the layer's choice per mode)",
+    )
+
+    def adam_step(reduce):
+        variable = keras.Variable(table.numpy())
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build([variable])
+
+        @tf.function
+        def run(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(reduce(variable.value, x) * probe)
+            grad = tape.gradient(loss, variable.value)
+            optimizer.apply([grad], [variable])
+            return loss
+
+        return lambda: run(ids)
+
+    compare(
+        {
+            "per-id gradient (gather + segment_mean)": adam_step(
+                lambda t, x: tf.math.segment_mean(
+                    tf.gather(t, x.values), x.value_rowids())),
+            "distinct-id gradient (sparse.segment_mean)": adam_step(
+                lambda t, x: tf.sparse.segment_mean(
+                    t, x.values, x.value_rowids(), num_segments=x.nrows(),
+                    sparse_gradient=True)),
+        },
+        warmup=2,
+        repeats=repeats,
+        title="the same + a Keras Adam update of the table",
     )
 
 
