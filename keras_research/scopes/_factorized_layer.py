@@ -10,8 +10,9 @@ only, to `factorized_class(type(layer))`: a subclass that
 - accepts a full-rank weights file too: each factorized weight takes the
   best rank-r approximation (truncated SVD) of the stored kernel, with a
   warning that states the relative reconstruction error;
-- for `Dense` and `Embedding`, computes `(x @ left) @ right` and
-  `take(left, ids) @ right` without materializing the full kernel;
+- for `Dense`, `Embedding`, `Conv2D` and `Conv3D`, computes
+  `(x @ left) @ right`, `take(left, ids) @ right` and
+  `conv(x, left) @ right` without materializing the full kernel;
 - serializes as `keras_research>FactorizedLayer`: the original class and
   config plus the rank of each factorized weight (keyed by its path below
   this layer), so `keras.saving.load_model(..., safe_mode=True)` rebuilds
@@ -307,6 +308,18 @@ def _embedding_call(self, inputs):
     return keras.layers.Embedding.call(self, inputs)
 
 
+def _conv_op(self, inputs, kernel):
+    if isinstance(kernel, FactorizedWeight) and self.groups == 1:
+        # conv(x, reshape(L @ R)) == conv(x, reshape(L)) @ R over channels.
+        left = ops.reshape(kernel.left, kernel.shape[:-1] + (kernel.rank,))
+        y = keras.layers.Conv2D.convolution_op(self, inputs, left)
+        if self.data_format == "channels_last":
+            return ops.matmul(y, kernel.right)
+        y = ops.matmul(ops.moveaxis(y, 1, -1), kernel.right)
+        return ops.moveaxis(y, -1, 1)
+    return keras.layers.Conv2D.convolution_op(self, inputs, kernel)
+
+
 def factorized_class(original):
     """The factorized subclass of layer class `original` (cached)."""
     if issubclass(original, FactorizedLayer):
@@ -344,6 +357,12 @@ def factorized_class(original):
         namespace["call"] = _dense_call
     elif original.call is keras.layers.Embedding.call:
         namespace["call"] = _embedding_call
+    elif (
+        original.call is keras.layers.Conv2D.call
+        and original.convolution_op is keras.layers.Conv2D.convolution_op
+    ):
+        # Conv2D and Conv3D (Conv1D calls `ops.conv` itself).
+        namespace["convolution_op"] = _conv_op
     cls = type(original.__name__, (FactorizedLayer, original), namespace)
     # Serialize every factorized class under the loader's name, then point
     # that name back at the loader.

@@ -113,25 +113,43 @@ def test_layer_under_scope(kind):
         assert not np.array_equal(before[w.path], w.numpy()), w.path
 
 
-def test_dense_does_not_materialize_the_kernel():
+@pytest.mark.parametrize(
+    "factory, input_shape, matrix",
+    [
+        (lambda: keras.layers.Dense(64), (8, 64), (64, 64)),
+        (lambda: keras.layers.Conv2D(24, 3), (2, 8, 8, 16), (144, 24)),
+        (
+            lambda: keras.layers.Conv2D(24, 3, data_format="channels_first"),
+            (2, 16, 8, 8),
+            (144, 24),
+        ),
+        (lambda: keras.layers.Conv3D(24, 2), (2, 4, 4, 4, 8), (64, 24)),
+    ],
+)
+def test_no_full_kernel_is_materialized(factory, input_shape, matrix):
     with keras_research.factorized_scope(rank=2, min_size=0):
-        layer = keras.layers.Dense(64)
-        layer.build((None, 64))
+        layer = factory()
+        layer.build(input_shape)
+    plain = factory()
+    plain.build(input_shape)
+    plain.kernel.assign(factorized_weights_of(layer)["kernel"].numpy())
+    if plain.use_bias:
+        plain.bias.assign(layer.bias)
 
     @tf.function
     def forward(x):
         return layer(x)
 
-    graph = forward.get_concrete_function(
-        tf.TensorSpec((None, 64))
-    ).graph
+    x = tf.random.normal(input_shape)
+    graph = forward.get_concrete_function(x).graph
     shapes = [
         tuple(op.outputs[0].shape.as_list())
         for op in graph.get_operations()
-        if op.type in ("MatMul", "BatchMatMulV2") and op.outputs
+        if op.outputs
     ]
-    assert (64, 64) not in shapes
-    assert len(shapes) == 2
+    assert matrix not in shapes
+    assert tuple(layer.kernel.shape) not in shapes
+    np.testing.assert_allclose(forward(x), plain(x), rtol=1e-5, atol=1e-5)
 
 
 def test_embedding_gathers_rows_of_the_left_factor():
