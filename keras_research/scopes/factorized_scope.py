@@ -74,8 +74,9 @@ class factorized_scope:
     view (a `Conv2D` kernel is (kh * kw * cin) x cout, an `Embedding`
     table vocabulary x dim as in ALBERT). The layer receives an object
     that converts to `reshape(left @ right, shape)`, so its code runs
-    unchanged and trains the factors; `Dense` and `Embedding` compute
-    `(x @ left) @ right` and `take(left, ids) @ right` directly. Other
+    unchanged and trains the factors; `Dense`, `Embedding`, `Conv2D` and
+    `Conv3D` never build the full kernel (they compute `(x @ left) @ right`,
+    `take(left, ids) @ right` and `conv(x, left) @ right`). Other
     weights (biases, normalization scales, small, non-matrix or
     non-trainable ones, and weights with a `constraint`, which cannot be
     imposed on a product) are created normally.
