@@ -25,6 +25,7 @@ and functional models, which serialize each of their layers.
 """
 
 import functools
+import threading
 
 import keras
 import numpy as np
@@ -44,6 +45,16 @@ LOADER_NAME = "FactorizedLayer"
 _ALLOWED_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 
 _classes = {}
+_state = threading.local()
+
+
+def creating_factors():
+    """Whether this thread is creating the factors of a weight right now.
+
+    Factorizing creators leave factors alone, so nested scopes never
+    factorize a factor again.
+    """
+    return getattr(_state, "factor_depth", 0) > 0
 
 
 def creation_chain(layer):
@@ -103,22 +114,13 @@ def make_factorized(
     if initial_factors is not None:
         spectral.set_factors(*initial_factors)
     common = dict(kwargs, regularizer=None, constraint=None)
-    left = next_creator(
-        **dict(
-            common,
-            shape=(m, rank),
-            name=f"{name}_left",
-            initializer=spectral.factor_initializer(0),
+    _state.factor_depth = getattr(_state, "factor_depth", 0) + 1
+    try:
+        left, right = _create_factors(
+            next_creator, common, name, m, n, rank, spectral
         )
-    )
-    right = next_creator(
-        **dict(
-            common,
-            shape=(rank, n),
-            name=f"{name}_right",
-            initializer=spectral.factor_initializer(1),
-        )
-    )
+    finally:
+        _state.factor_depth -= 1
     weight = FactorizedWeight(left, right, shape, name)
     regularizer = keras.regularizers.get(kwargs.get("regularizer"))
     if regularizer is not None:
@@ -136,6 +138,26 @@ def make_factorized(
     return weight
 
 
+def _create_factors(next_creator, common, name, m, n, rank, spectral):
+    left = next_creator(
+        **dict(
+            common,
+            shape=(m, rank),
+            name=f"{name}_left",
+            initializer=spectral.factor_initializer(0),
+        )
+    )
+    right = next_creator(
+        **dict(
+            common,
+            shape=(rank, n),
+            name=f"{name}_right",
+            initializer=spectral.factor_initializer(1),
+        )
+    )
+    return left, right
+
+
 def _adopt(layer):
     """Swaps `layer` to its factorized class (once) and adds our state."""
     cls = type(layer)
@@ -149,6 +171,8 @@ def replay_creator(root, record):
     """A creator that re-factorizes the weights named in `record`."""
 
     def creator(next_creator, **kwargs):
+        if creating_factors():
+            return next_creator(**kwargs)
         chain = creation_chain(kwargs["layer"])
         key = relative_key(chain, root, _weight_name(kwargs))
         if key is not None and key in record:

@@ -212,7 +212,8 @@ def factorize(
         )
         original = originals.get(path)
         if (
-            original is None
+            _factorized_layer.creating_factors()
+            or original is None
             or shape is None
             or len(shape) < 2
             or not kwargs.get("trainable", True)

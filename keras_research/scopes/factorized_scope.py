@@ -158,7 +158,8 @@ class factorized_scope:
         layer = kwargs["layer"]
         dtype = kwargs.get("dtype") or layer.variable_dtype
         if (
-            getattr(layer, "_kr_skip_factorization", False)
+            _factorized_layer.creating_factors()
+            or getattr(layer, "_kr_skip_factorization", False)
             or not kwargs.get("trainable", True)
             or kwargs.get("constraint") is not None
             or not _is_float(dtype)

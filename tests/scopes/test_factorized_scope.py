@@ -240,6 +240,25 @@ def test_already_factorized_layers_are_left_alone():
     ]
 
 
+def test_nested_scopes_do_not_factorize_factors():
+    with keras_research.factorized_scope(rank=2, min_size=0):
+        with keras_research.factorized_scope(rank=16, min_size=0):
+            inner = keras.layers.Dense(64)
+            inner.build((None, 64))
+        outer = keras.layers.Dense(64)
+        outer.build((None, 64))
+    assert [tuple(w.shape) for w in inner.weights] == [
+        (64, 16),
+        (16, 64),
+        (64,),
+    ]
+    assert [tuple(w.shape) for w in outer.weights] == [
+        (64, 2),
+        (2, 64),
+        (64,),
+    ]
+
+
 def test_nothing_is_factorized_outside_the_scope():
     with keras_research.factorized_scope(rank=2, min_size=0):
         layer = keras.layers.Dense(16)  # Created but not built inside.
