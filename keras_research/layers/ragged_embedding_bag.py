@@ -39,6 +39,34 @@ def _segment_ids_from_splits(row_splits, num_values):
     return tf.cumsum(counts[:num_values])
 
 
+def _unique_static(ids):
+    """`tf.unique` with static shapes, for XLA.
+
+    Returns `(slots, position)`: `slots` has the shape of `ids` and holds
+    each distinct id once, then zeros; `ids == tf.gather(slots, position)`.
+    Gathering the table at `slots` gives a gradient whose repeated indices
+    (only the padding zeros) carry zero rows.
+    """
+    order = tf.argsort(ids, stable=True)
+    sorted_ids = tf.gather(ids, order)
+    is_new = tf.concat(
+        [
+            tf.ones([1], tf.int32),
+            tf.cast(sorted_ids[1:] != sorted_ids[:-1], tf.int32),
+        ],
+        axis=0,
+    )[: tf.size(ids)]
+    sorted_position = tf.cumsum(is_new) - 1
+    num_values = tf.size(ids)
+    slots = tf.math.unsorted_segment_max(
+        sorted_ids, sorted_position, num_values
+    )
+    occupied = tf.range(num_values) <= sorted_position[-1:]
+    slots = tf.where(occupied, slots, tf.zeros_like(slots))
+    position = tf.scatter_nd(order[:, None], sorted_position, [num_values])
+    return slots, position
+
+
 @register
 class RaggedEmbeddingBag(keras.layers.Layer):
     """Embeds bags of ids and reduces each bag to one vector.
@@ -529,14 +557,11 @@ class RaggedEmbeddingBag(keras.layers.Layer):
         with tf.control_dependencies([check]):
             return tf.identity(ids)
 
-    def _lookup(self, table, ids, weights, unique=False):
-        if unique:
-            # Gather each distinct row once: the table gradient then has one
-            # row per distinct id (see `_reduce_sorted`).
-            unique_ids, position = tf.unique(ids)
-            vectors = tf.gather(tf.gather(table, unique_ids), position)
-        else:
-            vectors = tf.gather(table, ids)
+    def _lookup(self, table, ids, weights, xla=False):
+        # Gather each distinct row once: the table gradient then has one
+        # row per distinct id (see `_reduce_sorted`).
+        unique_ids, position = (_unique_static if xla else tf.unique)(ids)
+        vectors = tf.gather(tf.gather(table, unique_ids), position)
         if self.max_norm is not None:
             vectors = tf.clip_by_norm(vectors, self.max_norm, axes=[1])
         if weights is not None:
@@ -588,7 +613,7 @@ class RaggedEmbeddingBag(keras.layers.Layer):
                     sparse_gradient=True,
                 )
             )
-        vectors = self._lookup(table, ids, weights, unique=True)
+        vectors = self._lookup(table, ids, weights)
         if self.combiner == "max":
             reduced = tf.math.segment_max(vectors, segment_ids)
         else:
@@ -621,7 +646,7 @@ class RaggedEmbeddingBag(keras.layers.Layer):
             ids = tf.where(keep, ids, tf.zeros_like(ids))
             mask = tf.cast(keep, dtype)
             weights = mask if weights is None else weights * mask
-        vectors = self._lookup(table, ids, weights)
+        vectors = self._lookup(table, ids, weights, xla=True)
         ones = (
             tf.ones_like(segment_ids)
             if keep is None
