@@ -53,13 +53,25 @@ def gelu_tanh(x):
     return 0.5 * x * (1.0 + tf.tanh(inner))
 
 
+# Above this x, tanh(softplus(x)) = 1 - 2 / (n (n + 2) + 2) is exactly 1
+# in float32 and float64 (1 - 1e-17).
+_MISH_LIMIT = 20.0
+
+
 @register
 @fused
 def mish(x):
     """Mish: a self-regularized non-monotonic activation (fused).
 
-    `mish(x) = x * tanh(softplus(x))`, with TensorFlow's overflow-safe
-    softplus.
+    `mish(x) = x * tanh(softplus(x))`
+
+    Computed as `x * n (n + 2) / (n (n + 2) + 2)` with `n = exp(x)`, the
+    same function with one `exp` and one division instead of `softplus`
+    and `tanh` (XLA's CPU `softplus` is about 3x slower than its `exp`).
+    `exp` is evaluated at `min(x, 20)`, past which the factor is exactly 1
+    and `mish(x) = x`: nothing overflows. float16 and bfloat16 inputs are
+    computed in float32 inside the fused kernel (float16 would overflow in
+    `n (n + 2)`) and returned in their own dtype.
 
     Args:
         x: floating-point tensor.
@@ -76,7 +88,12 @@ def mish(x):
     References:
         - [Misra, 2019](https://arxiv.org/abs/1908.08681)
     """
-    return x * tf.tanh(tf.math.softplus(x))
+    half = x.dtype in (tf.float16, tf.bfloat16)
+    xf = tf.cast(x, tf.float32) if half else x
+    n = tf.exp(tf.minimum(xf, _MISH_LIMIT))
+    p = n * (n + 2.0)
+    y = tf.where(xf > _MISH_LIMIT, xf, xf * p / (p + 2.0))
+    return tf.cast(y, x.dtype) if half else y
 
 
 @register
@@ -113,6 +130,12 @@ def snake(x):
     `snake(x) = x + sin(x)^2`, the paper's `x + sin^2(a x) / a` at the
     frequency `a = 1`. It extrapolates periodic functions that ReLU and
     tanh networks cannot.
+
+    Performance note: XLA's CPU `sin` is several times slower than
+    TensorFlow's (measured here: forward+backward at 4096x1024 about 4x
+    slower), so on CPU the fused Snake is slower than `snake.function`
+    run op by op; fusion pays on GPU and for activations built from
+    `exp`, `log`, `tanh` and arithmetic.
 
     Args:
         x: floating-point tensor.
