@@ -3,58 +3,26 @@
 import inspect
 import math
 import threading
-import warnings
 import weakref
 
 import keras
 import tensorflow as tf
 
 from keras_research._export import register
+from keras_research.callbacks._jacobian import (
+    describe,
+    in_xla_context,
+    is_float,
+    jacobian_target,
+    squared_norm,
+    to_float32,
+)
 
 _METHODS = ("exact", "projection")
-# Under `jit_compile=True` the Jacobian is built from one vector-Jacobian
-# product per row (see `_squared_norms`); past this many rows the unrolled
-# graph takes longer to compile than it is worth.
-_MAX_UNROLLED_VJPS = 128
-# `method="exact"` warns above this many outputs (see the benchmark).
-_WARN_EXACT_OUTPUTS = 100
 # Models whose train step is being patched right now, so that two
 # regularizers never patch the same model at once and a patch left behind
 # by an interrupted `fit` is found and removed.
 _ACTIVE = weakref.WeakKeyDictionary()
-
-
-def _in_xla_context():
-    """Whether the op being traced will be compiled by XLA.
-
-    `tf.__internal__.get_enclosing_xla_context` is exported by TensorFlow
-    (for Keras) and sees `jit_compile=True` functions, including train
-    functions of models compiled with `jit_compile=True`.
-    """
-    if tf.executing_eagerly():
-        return False
-    return tf.__internal__.get_enclosing_xla_context() is not None
-
-
-def _is_float(dtype):
-    return tf.as_dtype(dtype).is_floating
-
-
-def _to_float32(t):
-    """Widens half-precision tensors; keeps float32/float64 as they are."""
-    if t.dtype in (tf.float16, tf.bfloat16):
-        return tf.cast(t, tf.float32)
-    return t
-
-
-def _describe(t):
-    if isinstance(t, tf.RaggedTensor):
-        return f"a tf.RaggedTensor of dtype {t.dtype.name}"
-    if isinstance(t, tf.SparseTensor):
-        return f"a tf.SparseTensor of dtype {t.dtype.name}"
-    dtype = getattr(t, "dtype", None)
-    dtype = getattr(dtype, "name", dtype)
-    return f"a {type(t).__name__} of dtype {dtype}"
 
 
 @register
@@ -346,7 +314,7 @@ class JacobianRegularizer(keras.callbacks.Callback):
             if (
                 getattr(x, "ragged", False)
                 or getattr(x, "sparse", False)
-                or not _is_float(x.dtype)
+                or not is_float(x.dtype)
             ):
                 raise ValueError(self._input_error(model, _describe_kt(x)))
         return None
@@ -442,7 +410,13 @@ class JacobianRegularizer(keras.callbacks.Callback):
             if not getattr(state, "active", False) or record is None:
                 return loss
             state.record = None
-            norm = self._penalty(record)
+            norm = squared_norm(
+                record["tape"],
+                record["source"],
+                record,
+                method=self.method,
+                per_example=self.per_example,
+            )
             state.norm = norm
             state.applied = True
             if self._norm_metric is not None:
@@ -548,7 +522,11 @@ class JacobianRegularizer(keras.callbacks.Callback):
 
     def _recorded_call(self, model, orig_call, args, kwargs):
         state = self._local
-        tape = tf.GradientTape(watch_accessed_variables=False, persistent=True)
+        # Several gradient calls on the tape only in an XLA cluster (one
+        # vector-Jacobian product per row, see `_jacobian.squared_norm`).
+        tape = tf.GradientTape(
+            watch_accessed_variables=False, persistent=in_xla_context()
+        )
         if self.wrt is None:
             if "inputs" in kwargs:
                 inputs = kwargs["inputs"]
@@ -569,10 +547,10 @@ class JacobianRegularizer(keras.callbacks.Callback):
                     "Received: wrt=None"
                 )
             x = flat[0]
-            if not isinstance(x, tf.Tensor) or not _is_float(x.dtype):
-                raise ValueError(self._input_error(model, _describe(x)))
+            if not isinstance(x, tf.Tensor) or not is_float(x.dtype):
+                raise ValueError(self._input_error(model, describe(x)))
             with tape:
-                source = _to_float32(x)
+                source = to_float32(x)
                 tape.watch(source)
                 x_in = tf.cast(source, x.dtype)
                 new_inputs = tf.nest.pack_sequence_as(inputs, [x_in])
@@ -604,6 +582,16 @@ class JacobianRegularizer(keras.callbacks.Callback):
         state.record = record
         return outputs
 
+    def _target(self, model, outputs, source):
+        return jacobian_target(
+            outputs,
+            source,
+            method=self.method,
+            num_projections=self.num_projections,
+            per_example=self.per_example,
+            model_name=model.name,
+        )
+
     def _watch_layer_output(self, state, tape, outputs):
         if state.source is not None:
             raise ValueError(
@@ -612,122 +600,17 @@ class JacobianRegularizer(keras.callbacks.Callback):
                 "the Jacobian with respect to its output is ambiguous. "
                 "Name a layer that is called once."
             )
-        if not isinstance(outputs, tf.Tensor) or not _is_float(outputs.dtype):
+        if not isinstance(outputs, tf.Tensor) or not is_float(outputs.dtype):
             raise ValueError(
                 f"JacobianRegularizer: layer {self.wrt!r} (the `wrt` "
                 "argument) must return one dense floating-point tensor to "
                 f"differentiate with respect to; it returned "
-                f"{_describe(outputs)}."
+                f"{describe(outputs)}."
             )
-        source = _to_float32(outputs)
+        source = to_float32(outputs)
         tape.watch(source)
         state.source = source
         return tf.cast(source, outputs.dtype)
-
-    def _target(self, model, outputs, source):
-        """Flattens the outputs; draws projections (inside the tape)."""
-        flat = tf.nest.flatten(outputs)
-        for t in flat:
-            if not isinstance(t, tf.Tensor) or not _is_float(t.dtype):
-                raise ValueError(
-                    "JacobianRegularizer needs the outputs of model "
-                    f"{model.name!r} to be dense floating-point tensors; "
-                    f"received {_describe(t)}."
-                )
-        batch_size = tf.shape(source)[0]
-        sizes = [t.shape[1:].num_elements() for t in flat]
-        if None in sizes:
-            raise ValueError(
-                "JacobianRegularizer needs outputs of a static size per "
-                f"example; model {model.name!r} returned shapes "
-                f"{[t.shape for t in flat]}."
-            )
-        y = tf.concat(
-            [
-                tf.reshape(tf.cast(t, source.dtype), [-1, size])
-                for t, size in zip(flat, sizes)
-            ],
-            axis=1,
-        )
-        num_outputs = sum(sizes)
-        jit = _in_xla_context()
-        result = {"batch_size": batch_size, "jit": jit}
-        if self.method == "exact":
-            if jit and not self.per_example:
-                raise ValueError(
-                    "`method='exact'` with `per_example=False` is not "
-                    "supported in an XLA-compiled train step. Use "
-                    "`method='projection'`, `per_example=True`, or compile "
-                    "the model with `jit_compile=False`."
-                )
-            if jit and num_outputs > _MAX_UNROLLED_VJPS:
-                raise ValueError(
-                    "`method='exact'` in an XLA-compiled train step unrolls "
-                    f"one backward pass per output, up to "
-                    f"{_MAX_UNROLLED_VJPS}; model {model.name!r} has "
-                    f"{num_outputs} outputs per example. Use "
-                    "`method='projection'` or compile with "
-                    "`jit_compile=False`."
-                )
-            if num_outputs > _WARN_EXACT_OUTPUTS:
-                warnings.warn(
-                    "JacobianRegularizer(method='exact') costs about one "
-                    f"backward pass per output; model {model.name!r} has "
-                    f"{num_outputs} outputs per example (with 1000 outputs "
-                    "a step cost ~200 plain steps in our benchmark). "
-                    "`method='projection'` costs one backward pass per "
-                    "projection.",
-                    stacklevel=2,
-                )
-            result.update(target=y, scale=1.0, rows=num_outputs)
-            return result
-        n = self.num_projections
-        if self.per_example:
-            v = tf.random.normal([batch_size, n, num_outputs], dtype=y.dtype)
-            v = v / tf.norm(v, axis=-1, keepdims=True)
-            z = tf.einsum("bnk,bk->bn", v, y)
-            scale = float(num_outputs) / n
-        else:
-            size = batch_size * num_outputs
-            v = tf.random.normal([n, size], dtype=y.dtype)
-            v = v / tf.norm(v, axis=-1, keepdims=True)
-            z = tf.linalg.matvec(v, tf.reshape(y, [-1]))
-            scale = tf.cast(size, y.dtype) / n
-        result.update(target=z, scale=scale, rows=n)
-        return result
-
-    def _penalty(self, record):
-        """Mean over the batch of the (estimated) squared Frobenius norm."""
-        tape = record["tape"]
-        source = record["source"]
-        target = record["target"]
-        batch_size = tf.cast(record["batch_size"], source.dtype)
-        rows = record["rows"]
-        per_example = self.per_example
-        exact_full = self.method == "exact" and not per_example
-        if not exact_full and (rows == 1 or record["jit"]):
-            # One vector-Jacobian product per row of the target.
-            total = None
-            for i in range(rows):
-                if per_example:
-                    seed = tf.one_hot(
-                        tf.fill(tf.shape(target)[:1], i),
-                        rows,
-                        dtype=target.dtype,
-                    )
-                else:
-                    seed = tf.one_hot(i, rows, dtype=target.dtype)
-                g = tape.gradient(target, source, output_gradients=seed)
-                sq = tf.reduce_sum(tf.square(g))
-                total = sq if total is None else total + sq
-        elif per_example and not exact_full:
-            jac = tape.batch_jacobian(target, source)
-            total = tf.reduce_sum(tf.square(jac))
-        else:
-            jac = tape.jacobian(target, source)
-            total = tf.reduce_sum(tf.square(jac))
-        del record["tape"]
-        return tf.cast(record["scale"], total.dtype) * total / batch_size
 
 
 class _Missing:

@@ -1,0 +1,168 @@
+"""Trace-time Jacobian arithmetic of `JacobianRegularizer` (private).
+
+`jacobian_target` runs inside the extra `tf.GradientTape` that records the
+forward pass of the train step: it flattens the model's outputs and, for
+the projection estimator, draws the random directions and projects onto
+them, so that these ops are on the tape. `squared_norm` then turns the
+recorded tape into the mean (estimated) squared Frobenius norm.
+"""
+
+import warnings
+
+import tensorflow as tf
+
+# Under `jit_compile=True` the Jacobian is built from one vector-Jacobian
+# product per row (see `squared_norm`); past this many rows the unrolled
+# graph takes longer to compile than it is worth.
+MAX_UNROLLED_VJPS = 128
+# `method="exact"` warns above this many outputs (see the benchmark).
+WARN_EXACT_OUTPUTS = 100
+
+
+def in_xla_context():
+    """Whether the op being traced will be compiled by XLA.
+
+    `tf.__internal__.get_enclosing_xla_context` is exported by TensorFlow
+    (for Keras) and sees `jit_compile=True` functions, including train
+    functions of models compiled with `jit_compile=True`.
+    """
+    if tf.executing_eagerly():
+        return False
+    return tf.__internal__.get_enclosing_xla_context() is not None
+
+
+def is_float(dtype):
+    return tf.as_dtype(dtype).is_floating
+
+
+def to_float32(t):
+    """Widens half-precision tensors; keeps float32/float64 as they are."""
+    if t.dtype in (tf.float16, tf.bfloat16):
+        return tf.cast(t, tf.float32)
+    return t
+
+
+def describe(t):
+    """A short description of a value for error messages."""
+    if isinstance(t, tf.RaggedTensor):
+        return f"a tf.RaggedTensor of dtype {t.dtype.name}"
+    if isinstance(t, tf.SparseTensor):
+        return f"a tf.SparseTensor of dtype {t.dtype.name}"
+    dtype = getattr(t, "dtype", None)
+    dtype = getattr(dtype, "name", dtype)
+    return f"a {type(t).__name__} of dtype {dtype}"
+
+
+def jacobian_target(
+    outputs, source, *, method, num_projections, per_example, model_name
+):
+    """What to differentiate with respect to `source`; call it on the tape.
+
+    Returns a dict: `target` (the flattened outputs `[batch, K]` for
+    `"exact"`; their projections `[batch, n]`, or `[n]` with
+    `per_example=False`, for `"projection"`), `rows` (the number of
+    vector-Jacobian products needed), `scale` (the estimator's factor),
+    `batch_size` and `jit` (whether this runs in an XLA cluster).
+    """
+    flat = tf.nest.flatten(outputs)
+    for t in flat:
+        if not isinstance(t, tf.Tensor) or not is_float(t.dtype):
+            raise ValueError(
+                "JacobianRegularizer needs the outputs of model "
+                f"{model_name!r} to be dense floating-point tensors; "
+                f"received {describe(t)}."
+            )
+    batch_size = tf.shape(source)[0]
+    sizes = [t.shape[1:].num_elements() for t in flat]
+    if None in sizes:
+        raise ValueError(
+            "JacobianRegularizer needs outputs of a static size per "
+            f"example; model {model_name!r} returned shapes "
+            f"{[t.shape for t in flat]}."
+        )
+    y = tf.concat(
+        [
+            tf.reshape(tf.cast(t, source.dtype), [-1, size])
+            for t, size in zip(flat, sizes)
+        ],
+        axis=1,
+    )
+    num_outputs = sum(sizes)
+    jit = in_xla_context()
+    result = {"batch_size": batch_size, "jit": jit}
+    if method == "exact":
+        if jit and not per_example:
+            raise ValueError(
+                "`method='exact'` with `per_example=False` is not "
+                "supported in an XLA-compiled train step. Use "
+                "`method='projection'`, `per_example=True`, or compile "
+                "the model with `jit_compile=False`."
+            )
+        if jit and num_outputs > MAX_UNROLLED_VJPS:
+            raise ValueError(
+                "`method='exact'` in an XLA-compiled train step unrolls "
+                f"one backward pass per output, up to {MAX_UNROLLED_VJPS}; "
+                f"model {model_name!r} has {num_outputs} outputs per "
+                "example. Use `method='projection'` or compile with "
+                "`jit_compile=False`."
+            )
+        if num_outputs > WARN_EXACT_OUTPUTS:
+            warnings.warn(
+                "JacobianRegularizer(method='exact') costs about one "
+                f"backward pass per output; model {model_name!r} has "
+                f"{num_outputs} outputs per example (with 1000 outputs a "
+                "step cost ~200 plain steps in our benchmark). "
+                "`method='projection'` costs one backward pass per "
+                "projection.",
+                stacklevel=2,
+            )
+        result.update(target=y, scale=1.0, rows=num_outputs)
+        return result
+    n = num_projections
+    # Unit vectors, uniform on the sphere: E[v v^T] = I / dim, so that
+    # dim * E[||v^T J||^2] = ||J||_F^2 (Hoffman et al., 2019).
+    if per_example:
+        v = tf.random.normal([batch_size, n, num_outputs], dtype=y.dtype)
+        v = v / tf.norm(v, axis=-1, keepdims=True)
+        z = tf.einsum("bnk,bk->bn", v, y)
+        scale = float(num_outputs) / n
+    else:
+        size = batch_size * num_outputs
+        v = tf.random.normal([n, size], dtype=y.dtype)
+        v = v / tf.norm(v, axis=-1, keepdims=True)
+        z = tf.linalg.matvec(v, tf.reshape(y, [-1]))
+        scale = tf.cast(size, y.dtype) / n
+    result.update(target=z, scale=scale, rows=n)
+    return result
+
+
+def squared_norm(tape, source, target, *, method, per_example):
+    """Mean over the batch of the (estimated) squared Frobenius norm.
+
+    `target` is the dict of `jacobian_target`, recorded on `tape` as a
+    function of `source`.
+    """
+    rows = target["rows"]
+    y = target["target"]
+    batch_size = tf.cast(target["batch_size"], source.dtype)
+    full = method == "exact" and not per_example
+    if not full and (rows == 1 or target["jit"]):
+        # One vector-Jacobian product per row of the target. In an XLA
+        # cluster this replaces pfor, whose second-order gradients make XLA
+        # take the weights as compile-time constants (a recompile per step).
+        total = None
+        for i in range(rows):
+            if per_example:
+                seed = tf.one_hot(
+                    tf.fill(tf.shape(y)[:1], i), rows, dtype=y.dtype
+                )
+            else:
+                seed = tf.one_hot(i, rows, dtype=y.dtype)
+            g = tape.gradient(y, source, output_gradients=seed)
+            sq = tf.reduce_sum(tf.square(g))
+            total = sq if total is None else total + sq
+    elif per_example:
+        total = tf.reduce_sum(tf.square(tape.batch_jacobian(y, source)))
+    else:
+        total = tf.reduce_sum(tf.square(tape.jacobian(y, source)))
+    return tf.cast(target["scale"], total.dtype) * total / batch_size
