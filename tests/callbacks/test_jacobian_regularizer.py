@@ -883,3 +883,54 @@ def test_steps_per_execution():
         history.history["jacobian_norm"][0], expected, rtol=1e-5
     )
     assert_clean(model)
+
+
+def test_run_eagerly():
+    model = mlp(run_eagerly=True)
+    x, y = data()
+    got = logged_norm(model, x, y)
+    np.testing.assert_allclose(got, loop_norm(model, x), rtol=1e-5)
+    assert_clean(model)
+
+
+def test_wrt_text_model_under_mirrored_strategy():
+    x, y = ragged_data(32)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = ragged_text_model()
+        model.compile(
+            optimizer=Adam(0.01),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    history = model.fit(
+        dataset,
+        epochs=2,
+        verbose=0,
+        callbacks=[JacobianRegularizer(0.1, wrt="bag")],
+    )
+    assert all(np.isfinite(history.history["jacobian_norm"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert_clean(model, model.get_layer("bag"))
+
+
+def test_model_checkpoint_during_fit(tmp_path):
+    model = mlp(optimizer="adam")
+    x, y = data()
+    path = str(tmp_path / "checkpoint.keras")
+    model.fit(
+        x,
+        y,
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            JacobianRegularizer(0.1),
+            keras.callbacks.ModelCheckpoint(path),
+        ],
+    )
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    for name in PATCHED:
+        assert name not in loaded.__dict__
