@@ -934,3 +934,20 @@ def test_model_checkpoint_during_fit(tmp_path):
     )
     for name in PATCHED:
         assert name not in loaded.__dict__
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    import keras_research
+    from keras_research.callbacks import jacobian_regularizer
+
+    globs = {"keras": keras, "keras_research": keras_research}
+    tests = doctest.DocTestFinder().find(
+        jacobian_regularizer.JacobianRegularizer, globs=globs
+    )
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert sum(len(t.examples) for t in tests) >= 5
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0
