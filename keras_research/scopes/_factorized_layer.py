@@ -94,7 +94,7 @@ def make_factorized(
         next_creator: the weight creator to make each factor with.
         kwargs: the `add_weight` arguments of the weight, with `layer`.
         rank: int, the absolute rank.
-        root: the layer on which to record the factorization.
+        root: the layer on which to record the factorization, or None.
         key: the weight's path below `root`.
         initial_factors: optional `(left, right)` arrays to start from;
             by default the truncated SVD of a sample of the weight's own
@@ -133,8 +133,9 @@ def make_factorized(
         suffix += 1
         owned_key = f"{name}_{suffix}"
     owned[owned_key] = weight
-    _adopt(root)
-    root.__dict__["_kr_record"][key] = int(rank)
+    if root is not None:
+        _adopt(root)
+        root.__dict__["_kr_record"][key] = int(rank)
     return weight
 
 
@@ -179,6 +180,35 @@ def replay_creator(root, record):
             return make_factorized(
                 next_creator, kwargs, record[key], root, key
             )
+        return next_creator(**kwargs)
+
+    return creator
+
+
+def pending_replay_creator(factorized, record):
+    """Replays `record` for a root still being deserialized.
+
+    Wrappers such as `TimeDistributed` deserialize (and build) their inner
+    layer inside their own `from_config`, before the root exists or opens
+    a name scope: keys are then the build chain below the layers that were
+    already building when `from_config` started, without the new root
+    itself (an instance of `factorized`) if it builds its own weights.
+    """
+    base = _add_weight_hook.building_layers()
+
+    def creator(next_creator, **kwargs):
+        if creating_factors():
+            return next_creator(**kwargs)
+        chain = creation_chain(kwargs["layer"])
+        if chain[: len(base)] != base:
+            return next_creator(**kwargs)
+        below = chain[len(base) :]
+        if below and type(below[0]) is factorized:
+            below = below[1:]
+        key = "/".join([x.name for x in below] + [_weight_name(kwargs)])
+        if key in record:
+            # The root records `record` once it exists (in `from_config`).
+            return make_factorized(next_creator, kwargs, record[key], None, key)
         return next_creator(**kwargs)
 
     return creator
@@ -245,7 +275,9 @@ class FactorizedLayer:
         original = _resolve_class(config["layer"])
         factorized = factorized_class(original)
         inner = dict(config["layer"].get("config", {}))
-        instance = original.from_config.__func__(factorized, inner)
+        record = {str(k): int(v) for k, v in config["factorized"].items()}
+        with weight_creator_scope(pending_replay_creator(factorized, record)):
+            instance = original.from_config.__func__(factorized, inner)
         if type(instance) is not factorized:
             raise TypeError(
                 f"{original.__name__}.from_config returned an instance of "
@@ -253,9 +285,7 @@ class FactorizedLayer:
                 "restored when `from_config` builds `cls(...)`."
             )
         instance.__dict__.setdefault("_kr_factorized", {})
-        instance.__dict__["_kr_record"] = {
-            str(k): int(v) for k, v in config["factorized"].items()
-        }
+        instance.__dict__["_kr_record"] = record
         return instance
 
     def save_own_variables(self, store):

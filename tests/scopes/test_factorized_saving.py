@@ -219,3 +219,22 @@ def test_incompatible_weights_fail_clearly(tmp_path):
     small.save_weights(path)
     with pytest.raises(ValueError, match="cannot load"):
         build_model(rank=4).load_weights(path)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: keras.layers.LSTM(16),
+        lambda: keras.layers.Bidirectional(keras.layers.GRU(16)),
+        lambda: keras.layers.TimeDistributed(keras.layers.Dense(24)),
+    ],
+    ids=["lstm", "bidirectional_gru", "time_distributed_dense"],
+)
+def test_layers_that_rebuild_their_sublayers(factory):
+    """Cells and wrapped layers are rebuilt by their parent's config."""
+    with keras_research.factorized_scope(rank=4, min_size=0):
+        inputs = keras.Input((5, 32))
+        model = keras.Model(inputs, factory()(inputs))
+    assert any(w.path.endswith("kernel_left") for w in model.weights)
+    x = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
+    run_model_saving_test(model, x)
