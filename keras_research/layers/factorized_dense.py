@@ -334,12 +334,14 @@ class FactorizedDense(keras.layers.Layer):
             activity_regularizer=dense.activity_regularizer,
             dtype=dense.dtype_policy,
         )
-        if dense.kernel_constraint is not None:
-            warnings.warn(
-                f"The kernel constraint of {dense.name!r} cannot be imposed "
-                "on a product of factors and is dropped.",
-                stacklevel=2,
-            )
+        for what in ("constraint", "regularizer"):
+            if getattr(dense, f"kernel_{what}") is not None:
+                warnings.warn(
+                    f"The kernel {what} of {dense.name!r} does not carry "
+                    "over to the factors and is dropped; pass "
+                    f"`left_{what}` / `right_{what}` to set one.",
+                    stacklevel=2,
+                )
         config.update(kwargs)
         layer = cls(**config)
         layer.build((None, kernel.shape[0]))

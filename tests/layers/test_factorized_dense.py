@@ -83,7 +83,7 @@ def test_default_initializers_keep_activation_scale():
 def test_from_dense_full_rank_reproduces_outputs():
     dense = keras.layers.Dense(6, activation="relu")
     x = _x(8, 5)
-    expected = dense(x)
+    dense.build(x.shape)
     dense.bias.assign(_x(6, seed=3))
     expected = dense(x)
     layer = FactorizedDense.from_dense(dense, rank=5)
@@ -109,6 +109,16 @@ def test_from_dense_matches_truncated_svd(rank):
     right = keras.ops.convert_to_numpy(layer.right)
     np.testing.assert_allclose(left.T @ left, np.diag(s[:rank]), atol=1e-5)
     np.testing.assert_allclose(right @ right.T, np.diag(s[:rank]), atol=1e-5)
+
+
+def test_from_dense_warns_about_dropped_kernel_settings():
+    dense = keras.layers.Dense(
+        4, kernel_constraint="non_neg", kernel_regularizer="l2"
+    )
+    dense.build((None, 3))
+    with pytest.warns(UserWarning, match="kernel constraint"):
+        with pytest.warns(UserWarning, match="kernel regularizer"):
+            FactorizedDense.from_dense(dense, rank=2)
 
 
 def test_from_dense_saves_and_loads(tmp_path):
