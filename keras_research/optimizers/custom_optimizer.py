@@ -246,7 +246,16 @@ class CustomOptimizer(keras.optimizers.Optimizer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------
-    # The compiled update (TensorFlow backend internals reached here only).
+    # The compiled update. Keras 3 has no public hook for "update all
+    # variables at once", so this is the one place that reaches inside the
+    # TensorFlow backend optimizer (`keras.src.backend.tensorflow.optimizer`,
+    # Keras 3.10-3.15): it overrides `_backend_update_step` (called with all
+    # gradients once a step, after clipping, from `apply`) and
+    # `_apply_weight_decay`, and uses `_all_reduce_sum_gradients`,
+    # `_distribution_strategy`, `_var_key` and `_use_weight_decay` as the
+    # TensorFlow optimizer does. `tests/optimizers/test_custom_optimizer.py`
+    # checks that these still exist, and the Keras-parity tests check that
+    # every base feature still behaves as in `keras.optimizers.Adam`.
 
     def _apply_weight_decay(self, variables):
         # Weight decay is applied inside the fused update (see

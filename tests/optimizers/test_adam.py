@@ -36,8 +36,9 @@ def _numpy_adam(lr=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False):
     return step
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
-@pytest.mark.parametrize("jit_compile", [True, False])
+@pytest.mark.parametrize(
+    "amsgrad, jit_compile", [(False, True), (True, True), (True, False)]
+)
 def test_conformance(amsgrad, jit_compile):
     run_optimizer_test(
         lambda: Adam(
@@ -129,8 +130,10 @@ def test_schedule_and_weight_decay_exclusion_match_keras():
     _assert_weights_close(keras_model, ours)
 
 
-@pytest.mark.parametrize("mode", ["graph", "jit_compile", "eager"])
-@pytest.mark.parametrize("jit_compile", [True, False])
+@pytest.mark.parametrize(
+    "mode, jit_compile",
+    [("graph", True), ("jit_compile", True), ("eager", True), ("eager", False)],
+)
 def test_train_step_modes_match_keras(mode, jit_compile):
     compile_kwargs = {
         "graph": dict(jit_compile=False),

@@ -215,3 +215,20 @@ def _attr(op, name):
         return op.get_attr(name)
     except (ValueError, TypeError):
         return False
+
+
+def test_keras_internals_the_template_relies_on_exist():
+    # CustomOptimizer overrides or calls these private methods of the
+    # TensorFlow-backend Keras optimizer; fail loudly if Keras renames them.
+    base = keras.optimizers.Optimizer
+    for name in (
+        "_backend_update_step",
+        "_apply_weight_decay",
+        "_all_reduce_sum_gradients",
+        "_var_key",
+        "_use_weight_decay",
+        "_get_variable_index",
+        "_backend_apply_gradients",
+    ):
+        assert callable(getattr(base, name, None)), name
+    assert hasattr(Adam(), "_distribution_strategy")
