@@ -191,7 +191,7 @@ class factorized_scope:
             or callable(initial_value)
             or initial_value is None
             or isinstance(initial_value, tf.Variable)
-            or kwargs.get("trainable", True) not in (True, None)
+            or kwargs.get("trainable") is False
         ):
             # Keras's own variables (created with a callable initial value
             # or inside `add_weight`) and anything unusual pass through.
