@@ -12,6 +12,13 @@ and is covered by `tests/test_compat.py`.
    shapes, and that reduction rejects composite tensors. The fix takes the
    first replica's batch instead, which has the same shapes and dtypes, and
    keeps the raggedness that Keras's symbolic build needs.
+2. `fit` under `tf.distribute.MultiWorkerMirroredStrategy` crashes on its
+   first step (Keras 3.15: "Invalid reduction dimension 0 for input with 0
+   dimensions"): the train step averages its logs across workers with
+   `strategy.reduce("MEAN", v, axis=0)`, and the logs are scalars. The fix
+   reduces scalars with `axis=None` (the mean over workers) and leaves
+   every other case to Keras. Covered by
+   `tests/reliability/test_multi_worker.py` (two worker processes; slow).
 """
 
 import tensorflow as tf
@@ -42,6 +49,22 @@ def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         self._symbolic_build(data_batch=data_batch)
 
 
+_original_reduce_per_replica = getattr(_tf_trainer, "reduce_per_replica", None)
+
+
+def _reduce_per_replica(values, strategy, reduction="auto"):
+    if reduction not in ("auto", "mean") or not (
+        _tf_trainer._collective_all_reduce_multi_worker(strategy)
+    ):
+        return _original_reduce_per_replica(values, strategy, reduction)
+
+    def _reduce(v):
+        rank = _first_replica(strategy, v).shape.rank
+        return strategy.reduce("MEAN", v, axis=0 if rank else None)
+
+    return tf.nest.map_structure(_reduce, values)
+
+
 def apply():
     """Applies the fixes above (idempotent)."""
     trainer = getattr(_tf_trainer, "TensorFlowTrainer", None)
@@ -50,6 +73,10 @@ def apply():
     if not hasattr(trainer, "_maybe_symbolic_build"):  # pragma: no cover
         return
     trainer._maybe_symbolic_build = _maybe_symbolic_build
+    if _original_reduce_per_replica is not None and hasattr(
+        _tf_trainer, "_collective_all_reduce_multi_worker"
+    ):
+        _tf_trainer.reduce_per_replica = _reduce_per_replica
     trainer._keras_research_patched = True
 
 
