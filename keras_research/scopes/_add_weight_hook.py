@@ -18,6 +18,7 @@ original behaviour.
 """
 
 import functools
+import sys
 import threading
 
 import keras
@@ -85,6 +86,24 @@ def release_add_weight_hook():
 def hook_installed():
     """Whether `Layer.add_weight` is currently our hook."""
     return keras.layers.Layer.add_weight is _hooked_add_weight
+
+
+def in_keras_variable_init(max_depth=12):
+    """Whether a `keras.Variable` is being initialized up the call stack.
+
+    A `keras.Variable` created outside `add_weight` (e.g.
+    `keras.Variable(np.ones((64, 64)))`) creates its inner `tf.Variable`
+    from its own methods; TensorFlow variable creators use this to leave
+    that inner variable alone.
+    """
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if isinstance(frame.f_locals.get("self"), keras.Variable):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def building_layers():

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_research.scopes import _factorized_layer
+from keras_research.scopes import _add_weight_hook, _factorized_layer
 from keras_research.scopes import weight_creator_scope as _wcs
 from keras_research.scopes._factorized_weight import (
     FactorizedVariable,
@@ -188,13 +188,15 @@ class factorized_scope:
         initial_value = kwargs.get("initial_value")
         if (
             _wcs.in_add_weight()
+            or _add_weight_hook.in_keras_variable_init()
             or callable(initial_value)
             or initial_value is None
             or isinstance(initial_value, tf.Variable)
             or kwargs.get("trainable") is False
         ):
-            # Keras's own variables (created with a callable initial value
-            # or inside `add_weight`) and anything unusual pass through.
+            # Keras's own variables (inside `add_weight`, a `keras.Variable`
+            # or with a callable initial value) and anything unusual pass
+            # through.
             return next_creator(**kwargs)
         value = tf.convert_to_tensor(initial_value, dtype=kwargs.get("dtype"))
         shape = tuple(value.shape)

@@ -326,6 +326,21 @@ def test_raw_tf_variables_of_a_tf_module():
     assert isinstance(Linear().w, tf.Variable)
 
 
+def test_keras_variables_outside_add_weight_are_left_alone():
+    with keras_research.factorized_scope(rank=2, min_size=0):
+        variable = keras.Variable(np.ones((64, 64), "float32"))
+        optimizer = keras.optimizers.Adam()
+        optimizer.build([variable])
+    assert tuple(variable.shape) == (64, 64)
+    full_rank = _x(64, 64, seed=4)
+    variable.assign(full_rank)  # A factorized inner variable would truncate.
+    np.testing.assert_array_equal(variable.numpy(), full_rank)
+    assert all(
+        isinstance(v, keras.Variable) and len(v.shape) in (0, 2)
+        for v in optimizer.variables
+    )
+
+
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision(policy):
     keras.config.set_dtype_policy(policy)
