@@ -93,22 +93,45 @@ class RaggedEmbeddingBag(keras.layers.Layer):
     equal to `padding_id` are removed before reduction: they add nothing and
     are not counted by `"mean"` or `"sqrtn"`.
 
-    The gradient with respect to the table is a `tf.IndexedSlices` over the
-    looked-up rows, never a dense table-sized tensor. The table is always
-    kept and reduced in the variable dtype (float32 under mixed precision);
-    the output is cast to the compute dtype.
+    The gradient with respect to the table is a `tf.IndexedSlices` with one
+    row per *distinct* looked-up id, never a dense table-sized tensor. One
+    row per distinct id (rather than per occurrence, as `tf.gather` gives)
+    matters: Keras 3's Adam-family optimizers square `IndexedSlices` values
+    row by row, which is wrong for repeated indices, and densifying the
+    smaller gradient made an Adam step ~2.3x faster. A regularizer on the
+    table makes its gradient dense, as for `keras.layers.Embedding`. The
+    table is always kept and reduced in the variable dtype (float32 under
+    mixed precision); the output is cast to the compute dtype.
 
-    Execution paths, chosen from measurements (see
-    `benchmarks/RESULTS.md`): without XLA the ids are gathered and reduced
-    with the sorted segment ops (`tf.math.segment_sum` / `segment_max`),
-    which were the fastest on CPU; padding and ignored ids are removed
-    with a boolean mask first. The sorted segment ops have no XLA kernel,
-    so inside `jit_compile=True` the layer masks instead of removing and
-    reduces with `tf.math.unsorted_segment_sum` / `unsorted_segment_max`.
+    Execution paths, chosen from measurements on CPU (see
+    `benchmarks/RESULTS.md`, `benchmarks/ragged_embedding_bag_benchmark.py`):
+
+    - Without XLA, each distinct row is gathered once (`tf.unique`);
+      unweighted `"sum"`, `"mean"` and `"sqrtn"` then reduce with the fused
+      `tf.sparse.segment_sum` / `segment_mean` / `segment_sqrt_n` over those
+      rows (no `(ids, output_dim)` intermediate), the others gather back
+      per id and reduce with `tf.math.segment_sum` / `segment_max`. Forward
+      + backward alone this is ~2x slower than a bare `tf.gather` +
+      `tf.math.segment_mean` (whose per-id gradient Adam mishandles) and on
+      par with `tf.nn.safe_embedding_lookup_sparse`, but a whole Adam
+      training step is ~2-3x faster than with the per-id gradient. Padding
+      and ignored ids are removed first.
+    - Under XLA (`jit_compile=True`) the sorted and sparse segment ops and
+      `tf.unique` have no kernel: the layer masks padding instead of
+      removing it, deduplicates ids with static shapes (sort + cumsum) and
+      reduces with `tf.math.unsorted_segment_sum` / `unsorted_segment_max`;
+      it runs within a few % of a bare XLA gather + `unsorted_segment_sum`.
+
     Both paths give the same values. Under XLA every distinct number of ids
     in a batch compiles a new program; pad the ids in the input pipeline to
     a few bucketed lengths (with `padding_id`) when using `jit_compile=True`
-    on ragged data.
+    on ragged data, or leave `jit_compile` off.
+
+    Distribution: the layer runs under `tf.distribute.MirroredStrategy`
+    (variables mirrored, ragged ids split per replica in custom loops).
+    Keras 3.15's `fit` under a strategy cannot take ragged batches (it tries
+    to reduce the first batch across replicas); feed dense ids padded with
+    `padding_id` to `fit` there, or use a custom training loop.
 
     Args:
         input_dim: int. Size of the vocabulary: ids are in
@@ -589,29 +612,32 @@ class RaggedEmbeddingBag(keras.layers.Layer):
     ):
         """Fast path (no XLA): sorted segment reductions.
 
-        Unweighted "sum", "mean" and "sqrtn" use the fused sparse segment
-        ops on the table (`tf.sparse.segment_*`, no gathered intermediate)
-        with `sparse_gradient=True`. Either way the table gradient is a
-        `tf.IndexedSlices` with one row per *distinct* id: Keras 3
-        optimizers of the Adam family square `IndexedSlices` values row by
-        row, which is wrong when an index repeats, and densifying a
+        Each distinct row is gathered once (`tf.unique`), so the table
+        gradient is a `tf.IndexedSlices` with one row per *distinct* id:
+        Keras 3 optimizers of the Adam family square `IndexedSlices` values
+        row by row, which is wrong when an index repeats, and densifying a
         deduplicated gradient is also several times cheaper in `fit`.
+        Unweighted "sum", "mean" and "sqrtn" then reduce with the fused
+        gather + segment ops (`tf.sparse.segment_*`), with no
+        `(ids, output_dim)` intermediate.
         """
         dtype = table.dtype
-        if weights is None and self.max_norm is None and self.combiner != "max":
+        if weights is None and self.combiner != "max":
             reduce = {
                 "sum": tf.sparse.segment_sum,
                 "mean": tf.sparse.segment_mean,
                 "sqrtn": tf.sparse.segment_sqrt_n,
             }[self.combiner]
+            # Gather each distinct row once, then reduce with the fused
+            # gather + segment op over those rows: its gradient with respect
+            # to them is dense (one row per distinct id), the table's an
+            # `IndexedSlices` over the distinct ids.
+            unique_ids, position = tf.unique(ids)
+            rows = tf.gather(table, unique_ids)
+            if self.max_norm is not None:
+                rows = tf.clip_by_norm(rows, self.max_norm, axes=[1])
             return self._finish(
-                reduce(
-                    table,
-                    ids,
-                    segment_ids,
-                    num_segments=num_bags,
-                    sparse_gradient=True,
-                )
+                reduce(rows, position, segment_ids, num_segments=num_bags)
             )
         vectors = self._lookup(table, ids, weights)
         if self.combiner == "max":
