@@ -71,10 +71,12 @@ class JacobianRegularizer(keras.callbacks.Callback):
     With `jit_compile=True`, pfor-vectorized Jacobians are not used: inside
     an XLA cluster their second-order gradients make XLA treat the model's
     weights as compile-time constants, so every step recompiles (seconds per
-    step). The compiled train step instead unrolls one vector-Jacobian
-    product per Jacobian row (per output for `"exact"`, per projection for
-    `"projection"`), which XLA compiles once; `"exact"` then supports up to
-    128 outputs and `per_example=True` only.
+    step). The compiled train step instead runs one vector-Jacobian product
+    per Jacobian row (per output for `"exact"`, per projection for
+    `"projection"`) in a `tf.while_loop`, which XLA compiles once; it is
+    slower per step than pfor outside XLA as the rows grow (10 outputs:
+    about even; 128 outputs: ~2x), and `"exact"` then supports
+    `per_example=True` only.
 
     `per_example=True` assumes each output row depends only on its own
     input row (no batch statistics such as `BatchNormalization` in training
