@@ -269,7 +269,7 @@ def build_parser():
     model.add_argument(
         "--learning-rate",
         type=positive_float,
-        default=0.02,
+        default=0.03,
         help="Initial learning rate, decayed linearly to 0.",
     )
     model.add_argument("--batch-size", type=positive_int, default=512)
@@ -403,11 +403,7 @@ def prepare(builder, args):
     """Makes sure the data is on disk, or says exactly what to do."""
     if builder.is_prepared():
         return
-    where = (
-        builder.data_dir_root
-        if hasattr(builder, "data_dir_root")
-        else (args.data_dir or "TFDS's default data directory")
-    )
+    where = builder.data_dir
     advice = (
         "pass --data-dir pointing to a directory holding a prepared copy, "
         "run once with network access and without --no-download, or use "
@@ -418,6 +414,11 @@ def prepare(builder, args):
             f"dataset {args.dataset!r} is not prepared in {where} and "
             f"--no-download was given: {advice}"
         )
+    print(
+        f"Downloading and preparing {args.dataset!r} with TFDS into "
+        f"{where} (offline? pass --no-download to stop here at once)",
+        file=sys.stderr,
+    )
     try:
         builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - network and file errors
@@ -700,11 +701,11 @@ def plot_curves(csv_path, png_path):
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5))
     for ax, metric in zip(list(axes) if len(panels) > 1 else [axes], panels):
         for prefix, style in (("", "o-"), ("val_", "s--")):
-            key = prefix + metric
-            if key in rows[0] and rows[0][key] != "":
+            values = [logged_value(r, prefix + metric) for r in rows]
+            if None not in values:
                 ax.plot(
                     epochs,
-                    [float(r[key]) for r in rows],
+                    values,
                     style,
                     label="validation" if prefix else "training",
                 )
@@ -728,12 +729,17 @@ def read_log(csv_path):
     return [rows[e] for e in sorted(rows)]
 
 
+def logged_value(row, key):
+    """A number from a CSV log row, or `None` (CSVLogger writes "NA")."""
+    try:
+        return float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def best_logged(csv_path, monitor):
-    values = [
-        float(r[monitor])
-        for r in read_log(csv_path)
-        if r.get(monitor) not in (None, "")
-    ]
+    values = [logged_value(r, monitor) for r in read_log(csv_path)]
+    values = [v for v in values if v is not None]
     return max(values) if values else None
 
 
@@ -874,10 +880,14 @@ def train(args, callbacks=()):
     metrics = {
         "test_accuracy": float(results["accuracy"]),
         "test_loss": float(results["loss"]),
-        "final_" + monitor: float(log[-1][monitor]) if log else None,
+        "final_" + monitor: logged_value(log[-1], monitor) if log else None,
         "best_" + monitor: best,
         "best_epoch": next(
-            (int(r["epoch"]) + 1 for r in log if float(r[monitor]) == best),
+            (
+                int(r["epoch"]) + 1
+                for r in log
+                if logged_value(r, monitor) == best
+            ),
             None,
         ),
         "best_checkpoint": best_path,

@@ -266,3 +266,21 @@ def test_imdb_short_run_reaches_85_percent(example, tmp_path):
     assert metrics["num_train_examples"] == 22_500
     assert metrics["num_test_examples"] == 25_000
     assert metrics["test_accuracy"] >= 0.85
+
+
+def test_curves_and_best_value_skip_missing_validation(example, tmp_path):
+    # CSVLogger writes "NA" for validation columns of a run without
+    # validation data.
+    log = tmp_path / "training_log.csv"
+    log.write_text(
+        "epoch,accuracy,jacobian_norm,loss,val_accuracy,val_loss\n"
+        "0,0.5,2.0,0.7,NA,NA\n"
+        "1,0.75,1.5,0.6,NA,NA\n"
+        "1,0.8,1.4,0.5,NA,NA\n"  # a replayed epoch: the last row counts
+    )
+    assert example.best_logged(log, "accuracy") == 0.8
+    assert example.best_logged(log, "val_accuracy") is None
+    assert len(example.read_log(log)) == 2
+    png = tmp_path / "curves.png"
+    assert example.plot_curves(log, png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
