@@ -974,3 +974,20 @@ def test_docstring_example_runs():
     for test in tests:
         runner.run(test)
     assert runner.failures == 0
+
+
+def test_string_input_without_wrt_says_to_pass_wrt():
+    words = keras.Input((3,), dtype="string")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b", "c"])(words)
+    h = keras.layers.Embedding(5, 4, name="embedding")(ids)
+    model = keras.Model(words, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    model.compile(optimizer="sgd", loss="mse")
+    x = tf.constant([["a", "b", "c"], ["c", "a", "x"]])
+    dataset = tf.data.Dataset.from_tensor_slices((x, tf.zeros((2, 2))))
+    dataset = dataset.batch(2)
+    with pytest.raises(ValueError, match="string.*pass `wrt=<layer name>`"):
+        model.fit(dataset, verbose=0, callbacks=[JacobianRegularizer()])
+    history = model.fit(
+        dataset, verbose=0, callbacks=[JacobianRegularizer(wrt="embedding")]
+    )
+    assert np.isfinite(history.history["jacobian_norm"][0])
