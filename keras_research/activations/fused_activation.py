@@ -53,6 +53,18 @@ class FusedActivation:
     `tf.custom_gradient`, so XLA fuses every pass into one kernel whether
     or not the model around it is compiled.
 
+    For an element-wise function (the default, `elementwise=True`) the
+    forward kernel computes `y = f(x)` and the derivative `f'(x)` together
+    (they share their intermediates, so this costs little more than `y`
+    alone) and the backward pass is the single multiply `dy * f'(x)`. The
+    price is one saved tensor of the input's size per call while a
+    gradient tape holds it. With `elementwise=False` the function may be
+    any shape-preserving function (e.g. one that normalizes over an axis):
+    the backward pass is then a compiled vector-Jacobian product that
+    recomputes the forward intermediates. An element-wise function gives
+    the same values either way; a function that is not element-wise gives
+    wrong gradients with `elementwise=True`.
+
     Build one with the `keras_research.activations.fused` decorator rather
     than calling this class. The result is a callable usable as the
     `activation=` argument of any Keras layer, in
@@ -64,10 +76,8 @@ class FusedActivation:
     `tape.jacobian` and `tape.batch_jacobian` (pfor) work through it.
 
     The wrapped function must return a tensor of the shape and dtype of
-    its input. It need not be element-wise (gradients are computed as
-    vector-Jacobian products), but fusion pays off for element-wise
-    chains. It must use only XLA-compilable TensorFlow ops and no
-    variables.
+    its input, and use only XLA-compilable TensorFlow (or `keras.ops`) ops
+    and no variables.
 
     Serialization: a layer using a fused activation saves and loads
     (`.keras`, `safe_mode=True`) when Keras can find the activation by
@@ -89,12 +99,17 @@ class FusedActivation:
     Args:
         function: callable. The function of one floating-point tensor to
             fuse; it returns a tensor of the same shape and dtype.
+        elementwise: bool. Whether `function` acts on each element
+            independently, so that its backward pass can reuse the
+            derivative computed by the forward kernel. Defaults to `True`.
 
     Attributes:
         function: the wrapped (unfused) function.
+        elementwise: the `elementwise` argument.
 
     Raises:
-        ValueError: if `function` is not callable; when called, if the
+        ValueError: if `function` is not callable or `elementwise` not a
+            bool; when called, if the
             input is not a floating-point tensor or the function changes
             the shape or dtype; from `get_config()`, if the activation
             cannot be found by name when loading.
@@ -111,9 +126,15 @@ class FusedActivation:
     >>> layer = keras.layers.Dense(4, activation=shifted_silu)
     """
 
-    def __init__(self, function):
+    def __init__(self, function, elementwise=True):
         if isinstance(function, FusedActivation):
             function = function.function
+        if not isinstance(elementwise, bool):
+            raise ValueError(
+                "`elementwise` must be a bool. Received: "
+                f"elementwise={elementwise!r}"
+            )
+        self.elementwise = elementwise
         if not callable(function):
             raise ValueError(
                 "`function` must be a callable taking one tensor and "
@@ -150,6 +171,15 @@ class FusedActivation:
                 )
             return y
 
+        def value_and_derivative(x):
+            # For an element-wise function, the gradient of sum(y) is the
+            # derivative f'(x): one kernel computes y and f'(x) together,
+            # sharing their intermediates.
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = forward(x)
+            return y, tape.gradient(y, x)
+
         def backward(x, dy):
             # The vector-Jacobian product dy^T J(x), derived by TensorFlow
             # from `function` and compiled together with it.
@@ -171,25 +201,49 @@ class FusedActivation:
             return gx, gdy
 
         self._forward = _jit(forward)
+        self._value_and_derivative = _jit(value_and_derivative)
         self._backward = _jit(backward)
         self._backward_of_backward = _jit(backward_of_backward)
         fused_backward2 = self._backward_of_backward
         fused_backward = self._backward
         fused_forward = self._forward
+        fused_value_and_derivative = self._value_and_derivative
 
-        @tf.custom_gradient
-        def backward_op(x, dy):
-            def grad(g):
-                return fused_backward2(x, dy, g)
+        def backward_op(x, dy, derivative=None):
+            # The backward pass, itself differentiable: its own gradient
+            # (the second derivative) is one compiled call. For element-wise
+            # functions it is `dy * f'(x)` with f'(x) saved by the forward
+            # kernel (one multiply); otherwise a compiled VJP.
+            @tf.custom_gradient
+            def op(x, dy):
+                def grad(g):
+                    return fused_backward2(x, dy, g)
 
-            return fused_backward(x, dy), grad
+                if derivative is not None:
+                    return dy * derivative, grad
+                return fused_backward(x, dy), grad
 
-        @tf.custom_gradient
-        def activation_op(x):
-            def grad(dy):
-                return backward_op(x, dy)
+            return op(x, dy)
 
-            return fused_forward(x), grad
+        if self.elementwise:
+
+            @tf.custom_gradient
+            def activation_op(x):
+                y, derivative = fused_value_and_derivative(x)
+
+                def grad(dy):
+                    return backward_op(x, dy, derivative)
+
+                return y, grad
+
+        else:
+
+            @tf.custom_gradient
+            def activation_op(x):
+                def grad(dy):
+                    return backward_op(x, dy)
+
+                return fused_forward(x), grad
 
         self._activation_op = activation_op
 
@@ -252,7 +306,10 @@ class FusedActivation:
                 "(or register the wrapped function). Received: "
                 f"function={function!r}"
             )
-        return {"function": function_config}
+        config = {"function": function_config}
+        if not self.elementwise:
+            config["elementwise"] = False
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -272,7 +329,7 @@ class FusedActivation:
                 f"or 'function'. Received: config={config}"
             )
         function = keras.saving.deserialize_keras_object(config["function"])
-        return fused(function)
+        return fused(function, elementwise=config.get("elementwise", True))
 
     def __repr__(self):
         return f"<FusedActivation {self.__name__}>"
@@ -289,14 +346,15 @@ class FusedActivation:
         return (FusedActivation.from_config, (self.get_config(),))
 
 
-def fused(function):
+def fused(function, *, elementwise=True):
     """Fuses an element-wise activation into one XLA kernel per pass.
 
     Use as a decorator on a function of one tensor. The returned
-    `FusedActivation` runs the function's forward pass, its backward pass
-    and its second derivative each as one `tf.function(jit_compile=True)`
-    call (one fused XLA kernel for element-wise chains), whether or not the
-    surrounding model or `tf.function` is compiled. It works as the
+    `FusedActivation` runs the function's forward pass (together with its
+    derivative) and its second derivative each as one
+    `tf.function(jit_compile=True)` call (one fused XLA kernel for
+    element-wise chains), and the backward pass as one multiply, whether
+    or not the surrounding model or `tf.function` is compiled. It works as the
     `activation=` of any Keras layer, in `keras.layers.Activation` and as a
     plain function; see `FusedActivation` for dtypes, derivatives and
     serialization. Calling `fused` twice on one function returns the same
@@ -317,12 +375,19 @@ def fused(function):
         function: callable. A function of one floating-point tensor that
             returns a tensor of the same shape and dtype, written with
             XLA-compilable TensorFlow (or `keras.ops`) ops.
+        elementwise: bool. `True` (the default) for element-wise
+            functions: the forward kernel also computes the derivative and
+            the backward pass is one multiply. Pass `False` for
+            shape-preserving functions that mix elements (e.g.
+            `x - reduce_mean(x, axis=-1)`); their backward pass is a
+            compiled vector-Jacobian product.
 
     Returns:
         A `FusedActivation` wrapping `function`.
 
     Raises:
-        ValueError: if `function` is not callable.
+        ValueError: if `function` is not callable or `elementwise` is not
+            a bool.
 
     Example:
 
@@ -338,18 +403,26 @@ def fused(function):
     [0.25, 0.25]
     """
     if isinstance(function, FusedActivation):
-        return function
+        if function.elementwise == elementwise:
+            return function
+        function = function.function
     if not callable(function):
         raise ValueError(
             "`function` must be a callable taking one tensor and returning "
             "a tensor of the same shape and dtype. Received: "
             f"function={function!r} of type {type(function).__name__}"
         )
+    if not isinstance(elementwise, bool):
+        raise ValueError(
+            "`elementwise` must be a bool. Received: "
+            f"elementwise={elementwise!r}"
+        )
+    key = (function, elementwise)
     try:
-        instance = _INSTANCES.get(function)
+        instance = _INSTANCES.get(key)
     except TypeError:  # unhashable callable: do not cache
-        return FusedActivation(function)
+        return FusedActivation(function, elementwise=elementwise)
     if instance is None:
-        instance = FusedActivation(function)
-        _INSTANCES[function] = instance
+        instance = FusedActivation(function, elementwise=elementwise)
+        _INSTANCES[key] = instance
     return instance

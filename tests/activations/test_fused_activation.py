@@ -169,16 +169,50 @@ def test_mixed_derivative_of_the_backward_pass():
     np.testing.assert_allclose(penalty(odd), penalty(odd_tf), rtol=1e-12)
 
 
-def test_non_elementwise_shape_preserving_function():
-    @fused
-    def centered_tanh(x):
-        return tf.tanh(x - tf.reduce_mean(x, axis=-1, keepdims=True))
+def centered_tanh(x):
+    return tf.tanh(x - tf.reduce_mean(x, axis=-1, keepdims=True))
 
+
+def test_non_elementwise_function_with_elementwise_false():
+    activation = fused(centered_tanh, elementwise=False)
+    assert not activation.elementwise
+    assert fused(centered_tanh, elementwise=False) is activation
+    assert fused(centered_tanh) is not activation
     x = tf.constant(np.random.default_rng(1).normal(size=(3, 5)))
-    y, g = _grad(centered_tanh, x)
-    y0, g0 = _grad(centered_tanh.function, x)
+    y, g = _grad(activation, x)
+    y0, g0 = _grad(centered_tanh, x)
     np.testing.assert_allclose(y, y0, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(g, g0, rtol=1e-12, atol=1e-12)
+    g, h = _second(activation, x)
+    g0, h0 = _second(centered_tanh, x)
+    np.testing.assert_allclose(h, h0, rtol=1e-10, atol=1e-12)
+    # The element-wise default would treat the gradient of sum(y) as a
+    # diagonal derivative: wrong here for any upstream gradient other than
+    # ones, which is why the flag exists.
+    w = tf.constant(np.random.default_rng(2).normal(size=(3, 5)))
+
+    def weighted(fn):
+        return _grad(lambda t: w * fn(t), x)[1]
+
+    np.testing.assert_allclose(
+        weighted(activation), weighted(centered_tanh), rtol=1e-12, atol=1e-12
+    )
+    wrong = weighted(fused(centered_tanh))
+    assert np.max(np.abs(wrong - weighted(centered_tanh))) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_elementwise_false_matches_default_on_elementwise_function(dtype):
+    x = tf.constant(_wide_inputs(dtype)[:200])
+    recompute = fused(odd_tf, elementwise=False)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(_second(recompute, x), _second(odd, x)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_bad_elementwise_flag_is_refused():
+    with pytest.raises(ValueError, match=r"`elementwise` must be a bool"):
+        fused(odd_tf, elementwise="yes")
 
 
 # --- Jacobians (pfor), as used by the JacobianRegularizer ------------------
@@ -243,22 +277,62 @@ def _entry_instructions(hlo):
     return ops
 
 
-def test_backward_pass_is_one_xla_call_of_one_fusion():
-    @tf.function
-    def value_and_grad(x):
+def _graph_ops(fn, spec):
+    graph = tf.function(fn).get_concrete_function(spec).graph
+    return graph.get_operations()
+
+
+def _value_and_grad(activation):
+    def run(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = odd(x)
+            y = activation(x)
         return y, tape.gradient(y, x)
 
-    graph = value_and_grad.get_concrete_function(
-        tf.TensorSpec([None, 64], tf.float32)
-    ).graph
-    types_ = [op.type for op in graph.get_operations()]
+    return run
+
+
+def test_backward_pass_is_one_multiply_after_one_fused_kernel():
+    # Element-wise (default): the forward kernel also emits f'(x); the
+    # backward pass is the one `Mul` dy * f'(x). Nothing else element-wise
+    # runs outside XLA.
+    ops = _graph_ops(
+        _value_and_grad(odd), tf.TensorSpec([None, 64], tf.float32)
+    )
+    types_ = [op.type for op in ops]
+    elementwise = [t for t in types_ if t in _ELEMENTWISE]
+    assert elementwise == ["Mul"], types_
+    calls = [
+        op
+        for op in ops
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+    ]
+    assert len(calls) == 1, types_
+    assert calls[0].get_attr("_XlaMustCompile") is True
+
+    x = tf.random.normal([128, 64])
+    ir = odd._value_and_derivative.experimental_get_compiler_ir(x)
+    unfused_ops = _entry_instructions(ir(stage="hlo"))
+    fused_ops = _entry_instructions(ir(stage="optimized_hlo"))
+    # ~40 element-wise ops for y and f'(x) become a few loop fusions (XLA's
+    # CPU backend emits the intermediates both outputs share, exp, sigmoid
+    # and tanh, as fusions of their own); nothing runs outside fusions.
+    assert len(unfused_ops) > 30, unfused_ops
+    assert set(fused_ops) <= {"parameter", "fusion", "tuple"}, fused_ops
+    assert 1 <= fused_ops.count("fusion") <= 6, fused_ops
+
+
+def test_recomputing_backward_pass_is_one_xla_call_of_one_fusion():
+    # elementwise=False: the backward pass is a compiled VJP.
+    activation = fused(odd_tf, elementwise=False)
+    ops = _graph_ops(
+        _value_and_grad(activation), tf.TensorSpec([None, 64], tf.float32)
+    )
+    types_ = [op.type for op in ops]
     assert not _ELEMENTWISE.intersection(types_), types_
     calls = [
         op
-        for op in graph.get_operations()
+        for op in ops
         if op.type in ("PartitionedCall", "StatefulPartitionedCall")
     ]
     assert len(calls) == 2  # one forward, one backward
@@ -267,8 +341,8 @@ def test_backward_pass_is_one_xla_call_of_one_fusion():
 
     x = tf.random.normal([128, 64])
     for compiled, args in [
-        (odd._backward, (x, x)),
-        (odd._forward, (x,)),
+        (activation._backward, (x, x)),
+        (activation._forward, (x,)),
     ]:
         hlo = compiled.experimental_get_compiler_ir(*args)(
             stage="optimized_hlo"
@@ -278,15 +352,12 @@ def test_backward_pass_is_one_xla_call_of_one_fusion():
 
 
 def test_second_derivative_is_one_xla_call():
-    @tf.function
-    def second(x):
-        return _second(odd, x)[1]
-
-    graph = second.get_concrete_function(
-        tf.TensorSpec([None], tf.float32)
-    ).graph
-    types_ = [op.type for op in graph.get_operations()]
-    assert not _ELEMENTWISE.intersection(types_), types_
+    ops = _graph_ops(
+        lambda x: _second(odd, x)[1], tf.TensorSpec([None], tf.float32)
+    )
+    types_ = [op.type for op in ops]
+    # The first derivative's one multiply; the second is compiled.
+    assert [t for t in types_ if t in _ELEMENTWISE] == ["Mul"], types_
     x = tf.random.normal([256])
     ir = odd._backward_of_backward.experimental_get_compiler_ir(x, x, x)
     unfused_ops = _entry_instructions(ir(stage="hlo"))
@@ -508,6 +579,7 @@ def unregistered(x):
         ),
         (registered_below, None),
         (fused(keras.activations.silu), None),
+        (fused(keras.activations.silu, elementwise=False), None),
     ],
 )
 def test_config_round_trip(activation, config):
