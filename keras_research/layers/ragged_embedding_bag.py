@@ -130,10 +130,9 @@ class RaggedEmbeddingBag(keras.layers.Layer):
     on ragged data, or leave `jit_compile` off.
 
     Distribution: the layer runs under `tf.distribute.MirroredStrategy`
-    (variables mirrored, ragged ids split per replica in custom loops).
-    Keras 3.15's `fit` under a strategy cannot take ragged batches (it tries
-    to reduce the first batch across replicas); feed dense ids padded with
-    `padding_id` to `fit` there, or use a custom training loop.
+    with ragged, sparse or dense ids, in `fit` (Keras 3.15 needs the fix
+    that importing `keras_research` applies, see `keras_research/_compat.py`)
+    and in custom loops.
 
     Args:
         input_dim: int. Size of the vocabulary: ids are in

@@ -79,9 +79,7 @@ def test_layer_conformance_ragged(combiner):
         expected_num_non_trainable_weights=0,
         run_mixed_precision_check=combiner == "mean",
         run_jit_compile_check=combiner in ("mean", "max"),
-        # Keras 3.15's fit under MirroredStrategy cannot take ragged batches
-        # (see test_mirrored_strategy_ragged_custom_loop).
-        run_distribution_check=False,
+        run_distribution_check=combiner in ("mean", "max"),
     )
 
 
@@ -579,8 +577,8 @@ def test_model_export_default_dense_signature_with_padding_id(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# MirroredStrategy with ragged ids (custom loop: Keras 3.15's fit cannot
-# split ragged batches, see the dense conformance test for fit).
+# MirroredStrategy with ragged ids in a custom loop (fit: the conformance
+# tests above).
 
 
 def test_mirrored_strategy_ragged_custom_loop():
