@@ -991,3 +991,26 @@ def test_string_input_without_wrt_says_to_pass_wrt():
         dataset, verbose=0, callbacks=[JacobianRegularizer(wrt="embedding")]
     )
     assert np.isfinite(history.history["jacobian_norm"][0])
+
+
+def test_tensorboard_gets_jacobian_norm(tmp_path):
+    from tensorflow.core.util import event_pb2
+
+    model = mlp()
+    x, y = data()
+    model.fit(
+        x,
+        y,
+        epochs=1,
+        verbose=0,
+        callbacks=[
+            JacobianRegularizer(),
+            keras.callbacks.TensorBoard(str(tmp_path)),
+        ],
+    )
+    tags = set()
+    for path in tmp_path.rglob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    assert "epoch_jacobian_norm" in tags, tags
