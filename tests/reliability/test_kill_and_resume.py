@@ -9,11 +9,13 @@ inside a step or a backup write), restarts the same command, and
 requires the final weights and optimizer state to be bit-identical to an
 uninterrupted run.
 
-(This uses a script of the test suite rather than
-`examples/text_classification.py`, which downloads and tokenizes a real
-data set: too slow to kill and restart repeatedly here.)
+The second test does the same to `examples/text_classification.py` itself
+(on the TREC data set prepared in `../shared/tfds`: the smoke mode runs
+only 2 epochs), killing it inside a seeded random epoch.
 """
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -114,3 +116,131 @@ def test_sigkill_at_random_points_resumes_identically(tmp_path):
           f"(kill after step, delay s, resumed at epoch, identical) "
           f"{report}")
     assert identical == TRIALS, report
+
+
+# ---------------------------------------------------------------------------
+# The example itself, on the TREC data set prepared in ../shared/tfds.
+
+EXAMPLE = os.path.join(_cluster.ROOT, "examples", "text_classification.py")
+TFDS_DIR = os.environ.get(
+    "KERAS_RESEARCH_TFDS_DIR",
+    os.path.join(os.path.dirname(_cluster.ROOT), "shared", "tfds"),
+)
+EXAMPLE_EPOCHS = 5
+
+
+def _example_command(out):
+    return [sys.executable, EXAMPLE, "--dataset", "trec", "--label-key",
+            "label-coarse", "--data-dir", TFDS_DIR, "--no-download",
+            "--deterministic", "--verbose", "0", "--seed", "3",
+            "--epochs", str(EXAMPLE_EPOCHS), "--batch-size", "512",
+            "--output-dir", str(out)]
+
+
+def _backup_epoch(out):
+    path = os.path.join(str(out), "backup", "training_metadata.json")
+    try:
+        with open(path) as f:
+            return json.load(f)["epoch"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _example_weights(out):
+    import importlib.util
+
+    import keras
+
+    # The saved model holds the example's own registered layers (text
+    # standardization): import the example's module to register them.
+    if "text_classification_example" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "text_classification_example", EXAMPLE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    model = keras.saving.load_model(os.path.join(str(out), "model.keras"),
+                                    safe_mode=True)
+    return model.get_weights()
+
+
+def _start_example(out, log_path, env):
+    with open(log_path, "w") as log:
+        return subprocess.Popen(_example_command(out), cwd=_cluster.ROOT,
+                                env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def _reference_run(out, log_path, env):
+    """Runs the example uninterrupted; returns the epochs' backup times."""
+    proc = _start_example(out, log_path, env)
+    seen, times = -1, []
+    t0 = time.monotonic()
+    while proc.poll() is None:
+        epoch = _backup_epoch(out)
+        if epoch > seen:
+            seen = epoch
+            times.append(time.monotonic())
+        assert time.monotonic() - t0 < 600, "reference run too slow"
+        time.sleep(0.005)
+    assert proc.returncode == 0, open(log_path).read()[-3000:]
+    return np.diff(times)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(os.path.join(TFDS_DIR, "trec")),
+                    reason="needs the prepared TREC data in ../shared/tfds")
+def test_example_sigkill_at_random_points_resumes_identically(tmp_path):
+    env = _cluster.single_env()
+    ref = tmp_path / "reference"
+    intervals = _reference_run(ref, tmp_path / "reference.log", env)
+    reference = _example_weights(ref)
+    # Time from one epoch's backup to the next (training + validation).
+    epoch_s = float(np.median(intervals)) if len(intervals) else 1.0
+
+    rng = np.random.default_rng(2020)
+    report, attempts = [], 0
+    while len(report) < TRIALS:
+        attempts += 1
+        assert attempts <= 3 * TRIALS, report
+        # Kill inside epoch `epoch` (0-based): a random fraction of an
+        # epoch after the backup of the epoch before it was written.
+        epoch = int(rng.integers(1, EXAMPLE_EPOCHS - 1))
+        delay = float(rng.uniform(0, 0.9)) * epoch_s
+        out = tmp_path / f"attempt{attempts}"
+        log_path = tmp_path / f"attempt{attempts}.log"
+        proc = _start_example(out, log_path, env)
+        t0 = time.monotonic()
+        try:
+            while _backup_epoch(out) < epoch:
+                assert proc.poll() is None, open(log_path).read()[-3000:]
+                assert time.monotonic() - t0 < 600, "no backup written"
+                time.sleep(0.002)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        at = _backup_epoch(out)
+        if (out / "model.keras").exists() or at < 1:
+            # The kill came after training ended (machine load changed the
+            # epoch time): not a resume; draw another point.
+            continue
+        done = subprocess.run(_example_command(out), cwd=_cluster.ROOT,
+                              env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        with open(out / "metrics.json") as f:
+            rerun = json.load(f).get("epochs_run_in_this_process")
+        same = all(np.array_equal(a, b) for a, b in
+                   zip(_example_weights(out), reference, strict=True))
+        rows = (out / "training_log.csv").read_text().splitlines()[1:]
+        report.append({"kill_in_epoch": epoch, "delay_s": round(delay, 3),
+                       "backup_epoch": at, "epochs_rerun": rerun,
+                       "log_rows": len(rows), "identical": same})
+    print(f"example kill-and-resume ({attempts} kills, epoch "
+          f"{epoch_s:.2f} s):", json.dumps(report))
+    assert all(r["identical"] for r in report), report
+    assert all(r["epochs_rerun"] == EXAMPLE_EPOCHS - r["backup_epoch"]
+               for r in report), report
