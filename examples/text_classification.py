@@ -55,6 +55,10 @@ Outputs under `--output-dir` (default `runs/text_classification`):
 preprocessing is inside), `class_names.json`, `metrics.json`,
 `curves.png`, `training_log.csv`, `logs/` (TensorBoard),
 `checkpoints/best.weights.h5` and, while training, `backup/`.
+`model.keras` uses two small layers defined here, `StandardizeText` and
+`UniqueIds`, registered for `safe_mode=True` loading under the package
+name `keras_research_examples`: to load the model in another program,
+import this module first (`--predict` does it for you).
 
 Errors in the arguments or the data (unknown dataset, no text feature or
 `ClassLabel`, missing split, data not available offline, bad values, no
