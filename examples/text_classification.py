@@ -219,8 +219,8 @@ def build_parser():
     data.add_argument(
         "--data-dir",
         default=None,
-        help="TFDS data directory (default: TFDS's own, "
-        "which honours TFDS_DATA_DIR).",
+        help="TFDS data directory; None: TFDS's own, which honours "
+        "TFDS_DATA_DIR.",
     )
     data.add_argument(
         "--no-download",
@@ -230,15 +230,23 @@ def build_parser():
     data.add_argument(
         "--text-key",
         default=None,
-        help="Text feature (default: the only Text feature).",
+        help="Text feature; None: the dataset's only Text feature.",
     )
     data.add_argument(
         "--label-key",
         default=None,
-        help="Label feature (default: the only ClassLabel).",
+        help="Label feature; None: the dataset's only ClassLabel.",
     )
-    data.add_argument("--train-split", default="train")
-    data.add_argument("--test-split", default="test")
+    data.add_argument(
+        "--train-split",
+        default="train",
+        help="TFDS split to train on (slicing syntax allowed).",
+    )
+    data.add_argument(
+        "--test-split",
+        default="test",
+        help="TFDS split for the final test metrics only.",
+    )
     data.add_argument(
         "--validation-fraction",
         type=fraction,
@@ -266,7 +274,12 @@ def build_parser():
         help="Count each word/n-gram once per text.",
     )
     model = p.add_argument_group("model and training")
-    model.add_argument("--embedding-dim", type=positive_int, default=16)
+    model.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        default=16,
+        help="Output size of the RaggedEmbeddingBag.",
+    )
     model.add_argument(
         "--hidden-units",
         type=positive_int,
@@ -280,7 +293,10 @@ def build_parser():
         help="Rank of the FactorizedDense kernel.",
     )
     model.add_argument(
-        "--optimizer", choices=sorted(OPTIMIZERS), default="adam"
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="adam",
+        help="keras_research optimizer.",
     )
     model.add_argument(
         "--learning-rate",
@@ -288,15 +304,24 @@ def build_parser():
         default=0.03,
         help="Initial learning rate, decayed linearly to 0.",
     )
-    model.add_argument("--batch-size", type=positive_int, default=512)
-    model.add_argument("--epochs", type=positive_int, default=3)
+    model.add_argument(
+        "--batch-size", type=positive_int, default=512, help="Texts per step."
+    )
+    model.add_argument(
+        "--epochs", type=positive_int, default=3, help="Training epochs."
+    )
     model.add_argument(
         "--jacobian-weight",
         type=non_negative_float,
         default=0.001,
         help="Weight of the Jacobian penalty (0 disables).",
     )
-    model.add_argument("--seed", type=int, default=0)
+    model.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="Seed of the initial weights and of the data order.",
+    )
     model.add_argument(
         "--deterministic",
         action="store_true",
@@ -311,7 +336,9 @@ def build_parser():
     )
     run = p.add_argument_group("run")
     run.add_argument(
-        "--output-dir", default=os.path.join("runs", "text_classification")
+        "--output-dir",
+        default=os.path.join("runs", "text_classification"),
+        help="Where the model, metrics, logs and backups go.",
     )
     run.add_argument(
         "--predict",
