@@ -82,7 +82,9 @@ def test_smoke_run_writes_metrics_model_curves_and_logs(smoke_run):
     assert "jacobian_norm" in log[0] and "val_accuracy" in log[0]
     assert len(log) == 1 + 2  # header and two epochs
     assert (out / "checkpoints" / "best.weights.h5").exists()
-    assert any((out / "logs").rglob("events.out.tfevents.*"))
+    if importlib.util.find_spec("tensorboard") is not None:
+        # The example skips TensorBoard (and says so) without the package.
+        assert any((out / "logs").rglob("events.out.tfevents.*"))
     assert not (out / "backup").exists()  # removed when fit finishes
 
 
