@@ -817,7 +817,6 @@ def train(args, callbacks=()):
             example's own.
     """
     start = time.perf_counter()
-    os.makedirs(args.output_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -830,6 +829,7 @@ def train(args, callbacks=()):
             "FactorizedDense kernel"
         )
     train_raw, val_raw, test_raw, info = load_splits(args)
+    os.makedirs(args.output_dir, exist_ok=True)
     preprocessing_layers, preprocess = make_preprocessor(
         train_raw.map(lambda x, y: x), args
     )

@@ -201,9 +201,16 @@ def test_offline_without_data_says_what_to_do(example, capsys, tmp_path):
     code, err = run_cli(
         example,
         capsys,
-        ["--data-dir", str(tmp_path), "--no-download"],
+        [
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "--no-download",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
     )
     assert code == 2
+    assert not (tmp_path / "out").exists()  # nothing written on errors
     assert "not prepared" in err
     assert "--data-dir" in err and "--smoke" in err
 
