@@ -886,7 +886,9 @@ def train(args, callbacks=()):
             save_weights_only=True,
             initial_value_threshold=best_logged(csv_path, monitor),
         ),
-        keras.callbacks.BackupAndRestore(backup_dir),
+        # double_checkpoint: a kill while the backup is written leaves a
+        # truncated .h5; the previous backup is then restored instead.
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         timer,
         *callbacks,
     ]
