@@ -118,6 +118,24 @@ def temp_path(directory, name):
     return os.path.join(directory, name)
 
 
+def save_and_reload(model, what):
+    """Saves `model` as `.keras` and loads it with `safe_mode=True`.
+
+    Raises `AssertionError` naming `what` when the file does not load with
+    no `custom_objects` (typically: a class is not registered).
+    """
+    with temp_dir() as d:
+        path = temp_path(d, "model.keras")
+        model.save(path)
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except (TypeError, ValueError) as e:
+            raise AssertionError(
+                f"{what}: .keras file does not load with safe_mode=True and "
+                f"no custom_objects (is every class registered?): {e}"
+            ) from e
+
+
 _STRATEGY = []
 
 

@@ -304,16 +304,7 @@ def _check_mixed_precision(layer_cls, init_kwargs, x, call_kwargs, policy):
 def _check_saving(model, x):
     name = model.layers[-1].__class__.__name__
     expected = model(x)
-    with _utils.temp_dir() as d:
-        path = _utils.temp_path(d, "model.keras")
-        model.save(path)
-        try:
-            loaded = keras.saving.load_model(path, safe_mode=True)
-        except (TypeError, ValueError) as e:
-            raise AssertionError(
-                f"{name}: .keras file does not load with safe_mode=True and "
-                f"no custom_objects: {e}"
-            ) from e
+    loaded = _utils.save_and_reload(model, name)
     _utils.assert_same(loaded(x), expected, atol=0, rtol=0,
                        what=f"{name}: output after .keras save/load")
 

@@ -52,15 +52,7 @@ def run_model_saving_test(model, input_data, *, atol=0.0):
     expected = model(input_data)
     weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
     with _utils.temp_dir() as d:
-        path = _utils.temp_path(d, "model.keras")
-        model.save(path)
-        try:
-            loaded = keras.saving.load_model(path, safe_mode=True)
-        except (TypeError, ValueError) as e:
-            raise AssertionError(
-                f"{model.name}: .keras file does not load with "
-                f"safe_mode=True and no custom_objects: {e}"
-            ) from e
+        loaded = _utils.save_and_reload(model, model.name)
         _compare(loaded, input_data, expected, weights, atol, ".keras")
 
         rebuilt = _rebuild(model, input_data)

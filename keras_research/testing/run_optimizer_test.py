@@ -186,16 +186,7 @@ def _check_keras_saving(optimizer_fn, seed):
     model, x, y = _model_and_data(optimizer_fn(), seed)
     name = type(model.optimizer).__name__
     model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
-    with _utils.temp_dir() as d:
-        path = _utils.temp_path(d, "model.keras")
-        model.save(path)
-        try:
-            loaded = keras.saving.load_model(path, safe_mode=True)
-        except (TypeError, ValueError) as e:
-            raise AssertionError(
-                f"{name}: .keras file does not load with safe_mode=True and "
-                f"no custom_objects (is the optimizer registered?): {e}"
-            ) from e
+    loaded = _utils.save_and_reload(model, name)
     assert type(loaded.optimizer) is type(model.optimizer), (
         f"{name}: reloaded optimizer is {type(loaded.optimizer).__name__}"
     )
