@@ -24,39 +24,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from keras import ops
 
 import keras_research
 from keras_research.testing import run_model_saving_test
+from tests.optimizers._momentum_sgd import MomentumSGD
 from tests.reliability import _models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-
-
-@keras.saving.register_keras_serializable(package="reliability_tests")
-class MomentumSGD(keras_research.optimizers.CustomOptimizer):
-    """A user optimizer on the CustomOptimizer template."""
-
-    def __init__(self, learning_rate=0.01, momentum=0.9, **kwargs):
-        super().__init__(learning_rate=learning_rate, **kwargs)
-        self.momentum = momentum
-
-    def build(self, var_list):
-        if self.built:
-            return
-        super().build(var_list)
-        for variable in var_list:
-            self.add_slot(variable, "velocity")
-
-    def update_step(self, gradient, variable, learning_rate):
-        lr = ops.cast(learning_rate, variable.dtype)
-        velocity = self.get_slot(variable, "velocity")
-        self.assign(velocity, self.momentum * velocity + gradient)
-        self.assign_sub(variable, lr * velocity)
-
-    def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum}
 
 
 @keras.saving.register_keras_serializable(package="reliability_tests")
