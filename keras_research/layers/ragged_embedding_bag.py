@@ -581,13 +581,21 @@ class RaggedEmbeddingBag(keras.layers.Layer):
         with tf.control_dependencies([check]):
             return tf.identity(ids)
 
-    def _lookup(self, table, ids, weights, xla=False):
-        # Gather each distinct row once: the table gradient then has one
-        # row per distinct id (see `_reduce_sorted`).
+    def _distinct_rows(self, table, ids, xla=False):
+        """Gathers each distinct row once (renormalized for `max_norm`).
+
+        Returns the rows and each id's position among them. The table
+        gradient then has one row per distinct id (see `_reduce_sorted`).
+        """
         unique_ids, position = (_unique_static if xla else tf.unique)(ids)
-        vectors = tf.gather(tf.gather(table, unique_ids), position)
+        rows = tf.gather(table, unique_ids)
         if self.max_norm is not None:
-            vectors = tf.clip_by_norm(vectors, self.max_norm, axes=[1])
+            rows = tf.clip_by_norm(rows, self.max_norm, axes=[1])
+        return rows, position
+
+    def _lookup(self, table, ids, weights, xla=False):
+        rows, position = self._distinct_rows(table, ids, xla=xla)
+        vectors = tf.gather(rows, position)
         if weights is not None:
             vectors = vectors * weights[:, None]
         return vectors
@@ -629,14 +637,10 @@ class RaggedEmbeddingBag(keras.layers.Layer):
                 "mean": tf.sparse.segment_mean,
                 "sqrtn": tf.sparse.segment_sqrt_n,
             }[self.combiner]
-            # Gather each distinct row once, then reduce with the fused
-            # gather + segment op over those rows: its gradient with respect
-            # to them is dense (one row per distinct id), the table's an
-            # `IndexedSlices` over the distinct ids.
-            unique_ids, position = tf.unique(ids)
-            rows = tf.gather(table, unique_ids)
-            if self.max_norm is not None:
-                rows = tf.clip_by_norm(rows, self.max_norm, axes=[1])
+            # Reduce with the fused gather + segment op over the distinct
+            # rows: its gradient with respect to them is dense (one row per
+            # distinct id), the table's an `IndexedSlices` over them.
+            rows, position = self._distinct_rows(table, ids)
             return self._finish(
                 reduce(rows, position, segment_ids, num_segments=num_bags)
             )
