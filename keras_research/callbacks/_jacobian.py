@@ -11,20 +11,10 @@ import warnings
 
 import tensorflow as tf
 
+from keras_research._xla import in_xla_context
+
 # `method="exact"` warns above this many outputs (see the benchmark).
 WARN_EXACT_OUTPUTS = 100
-
-
-def in_xla_context():
-    """Whether the op being traced will be compiled by XLA.
-
-    `tf.__internal__.get_enclosing_xla_context` is exported by TensorFlow
-    (for Keras) and sees `jit_compile=True` functions, including train
-    functions of models compiled with `jit_compile=True`.
-    """
-    if tf.executing_eagerly():
-        return False
-    return tf.__internal__.get_enclosing_xla_context() is not None
 
 
 def is_float(dtype):

@@ -9,9 +9,9 @@ import keras
 import tensorflow as tf
 
 from keras_research._export import register
+from keras_research._xla import in_xla_context
 from keras_research.callbacks._jacobian import (
     describe,
-    in_xla_context,
     is_float,
     jacobian_target,
     squared_norm,

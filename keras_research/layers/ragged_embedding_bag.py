@@ -6,23 +6,10 @@ import keras
 import tensorflow as tf
 
 from keras_research._export import register
+from keras_research._xla import in_xla_context
 
 COMBINERS = ("sum", "mean", "sqrtn", "max")
 INVALID_IDS = ("error", "ignore")
-
-
-def _in_xla_context():
-    """Whether the op being traced will be compiled by XLA.
-
-    The one place this module looks at TensorFlow's tracing state:
-    `tf.__internal__.get_enclosing_xla_context` is exported by TensorFlow
-    (under `__internal__`, for Keras) and sees `jit_compile=True` functions,
-    including Keras train/predict functions compiled with
-    `model.compile(jit_compile=True)`.
-    """
-    if tf.executing_eagerly():
-        return False
-    return tf.__internal__.get_enclosing_xla_context() is not None
 
 
 def _segment_ids_from_splits(row_splits, num_values):
@@ -488,7 +475,7 @@ class RaggedEmbeddingBag(keras.layers.Layer):
         Bags are given either by `row_splits` (ragged) or by sorted
         `segment_ids` (sparse, dense).
         """
-        xla = _in_xla_context()
+        xla = in_xla_context()
         table = self.embeddings.value
         dtype = table.dtype
         num_bags = tf.cast(num_bags, tf.int32)

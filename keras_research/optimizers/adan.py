@@ -2,8 +2,8 @@
 
 from keras import ops
 
+from keras_research import _checks
 from keras_research._export import register
-from keras_research.optimizers import _checks
 from keras_research.optimizers.custom_optimizer import CustomOptimizer
 
 

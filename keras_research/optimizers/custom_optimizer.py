@@ -5,8 +5,8 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_research import _checks
 from keras_research._export import register
-from keras_research.optimizers import _checks
 
 
 def _check_learning_rate(learning_rate):

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_research._export import PACKAGE
 from keras_research.scopes import _add_weight_hook
 from keras_research.scopes._factorized_weight import (
     FactorizedWeight,
@@ -40,7 +41,6 @@ from keras_research.scopes._factorized_weight import (
 )
 from keras_research.scopes.weight_creator_scope import weight_creator_scope
 
-PACKAGE = "keras_research"
 LOADER_NAME = "FactorizedLayer"
 _ALLOWED_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 

@@ -1,4 +1,9 @@
-"""Argument checks shared by the optimizers of keras_research."""
+"""Argument checks shared by every public entry point of keras_research.
+
+One function per kind of argument, each raising a `ValueError` that names the
+argument, the value received and what is accepted (the house style of
+`keras/src/layers/core/dense.py`).
+"""
 
 import math
 import numbers
@@ -39,3 +44,21 @@ def check_bool(name, value):
             f"`{name}` must be a bool (True or False). "
             f"Received: {name}={value!r}"
         )
+
+
+def is_integer(value):
+    """Whether `value` is an integer (Python or NumPy), excluding bools."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive_int(name, value):
+    """Checks that `value` is an integer > 0 (`int` or `np.integer`).
+
+    Returns:
+        The value as a Python `int`.
+    """
+    if not is_integer(value) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
