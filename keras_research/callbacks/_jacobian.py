@@ -1,10 +1,11 @@
-"""Trace-time Jacobian arithmetic of `JacobianRegularizer` (private).
+"""Jacobian arithmetic of `JacobianRegularizer` (private).
 
-`jacobian_target` runs inside the extra `tf.GradientTape` that records the
-forward pass of the train step: it flattens the model's outputs and, for
-the projection estimator, draws the random directions and projects onto
-them, so that these ops are on the tape. `squared_norm` then turns the
-recorded tape into the mean (estimated) squared Frobenius norm.
+`jacobian_target` runs while the train step's forward pass is recorded on
+the callback's `tf.GradientTape` (the tape watches the Jacobian's source):
+it flattens the model's outputs and, for the projection estimator, draws
+the random directions and projects onto them, so that these ops are on the
+tape. `squared_norms` then turns the recorded tape into the (estimated)
+squared Frobenius norm of each example's Jacobian.
 """
 
 import warnings
@@ -21,11 +22,15 @@ def is_float(dtype):
     return tf.as_dtype(dtype).is_floating
 
 
+def compute_dtype(dtype):
+    """float32 for half-precision dtypes; float32/float64 as they are."""
+    dtype = tf.as_dtype(dtype)
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
 def to_float32(t):
     """Widens half-precision tensors; keeps float32/float64 as they are."""
-    if t.dtype in (tf.float16, tf.bfloat16):
-        return tf.cast(t, tf.float32)
-    return t
+    return tf.cast(t, compute_dtype(t.dtype))
 
 
 def describe(t):
@@ -39,8 +44,32 @@ def describe(t):
     return f"a {type(t).__name__} of dtype {dtype}"
 
 
+def random_directions(shape, dtype, seed, step):
+    """Unit vectors along the last axis, uniform on the sphere.
+
+    Drawn by a stateless generator from `(seed, step, replica)`, so that a
+    run is reproducible (also after `BackupAndRestore` resumes it, and
+    inside XLA) and each step and replica draws new directions.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    counter = tf.cast(step, tf.int64) * replicas + tf.cast(replica, tf.int64)
+    seeds = tf.stack([tf.constant(seed, tf.int64), counter])
+    v = tf.random.stateless_normal(shape, seed=seeds, dtype=dtype)
+    return v / tf.norm(v, axis=-1, keepdims=True)
+
+
 def jacobian_target(
-    outputs, source, *, method, num_projections, per_example, model_name
+    outputs,
+    source,
+    *,
+    method,
+    num_projections,
+    per_example,
+    seed,
+    step,
+    model_name,
 ):
     """What to differentiate with respect to `source`; call it on the tape.
 
@@ -66,9 +95,10 @@ def jacobian_target(
             f"example; model {model_name!r} returned shapes "
             f"{[t.shape for t in flat]}."
         )
+    dtype = compute_dtype(source.dtype)
     y = tf.concat(
         [
-            tf.reshape(tf.cast(t, source.dtype), [-1, size])
+            tf.reshape(tf.cast(t, dtype), [-1, size])
             for t, size in zip(flat, sizes)
         ],
         axis=1,
@@ -100,29 +130,43 @@ def jacobian_target(
     # Unit vectors, uniform on the sphere: E[v v^T] = I / dim, so that
     # dim * E[||v^T J||^2] = ||J||_F^2 (Hoffman et al., 2019).
     if per_example:
-        v = tf.random.normal([batch_size, n, num_outputs], dtype=y.dtype)
-        v = v / tf.norm(v, axis=-1, keepdims=True)
+        v = random_directions([batch_size, n, num_outputs], dtype, seed, step)
         z = tf.einsum("bnk,bk->bn", v, y)
         scale = float(num_outputs) / n
     else:
         size = batch_size * num_outputs
-        v = tf.random.normal([n, size], dtype=y.dtype)
-        v = v / tf.norm(v, axis=-1, keepdims=True)
+        v = random_directions([n, size], dtype, seed, step)
         z = tf.linalg.matvec(v, tf.reshape(y, [-1]))
-        scale = tf.cast(size, y.dtype) / n
+        scale = tf.cast(size, dtype) / n
     result.update(target=z, scale=scale, rows=n)
     return result
 
 
-def squared_norm(tape, source, target, *, method, per_example):
-    """Mean over the batch of the (estimated) squared Frobenius norm.
+def _sum_of_squares(g, batch_size, per_example):
+    """Per-example (`[batch]`) or total sum of squares of a gradient."""
+    if g is None:
+        raise ValueError(
+            "JacobianRegularizer: the model's outputs do not depend on the "
+            "tensor the Jacobian is taken with respect to (the input, or "
+            "the output of the `wrt` layer)."
+        )
+    g = to_float32(g)
+    if per_example:
+        return tf.reduce_sum(tf.square(tf.reshape(g, [batch_size, -1])), 1)
+    return tf.reduce_sum(tf.square(g))
 
-    `target` is the dict of `jacobian_target`, recorded on `tape` as a
-    function of `source`.
+
+def squared_norms(tape, source, target, *, method, per_example):
+    """The (estimated) squared Frobenius norms of the Jacobian.
+
+    Returns a `[batch]` vector of per-example norms with `per_example=True`;
+    with `per_example=False`, a `[1]` vector holding the norm of the whole
+    batch's Jacobian divided by the batch size. `target` is the dict of
+    `jacobian_target`, recorded on `tape` as a function of `source`.
     """
     rows = target["rows"]
     y = target["target"]
-    batch_size = tf.cast(target["batch_size"], source.dtype)
+    batch_size = target["batch_size"]
     full = method == "exact" and not per_example
 
     def vjp_sum_of_squares(i):
@@ -131,7 +175,7 @@ def squared_norm(tape, source, target, *, method, per_example):
         else:
             seed = tf.one_hot(i, rows, dtype=y.dtype)
         g = tape.gradient(y, source, output_gradients=seed)
-        return tf.reduce_sum(tf.square(g))
+        return _sum_of_squares(g, batch_size, per_example)
 
     if not full and rows == 1:
         total = vjp_sum_of_squares(0)
@@ -141,14 +185,19 @@ def squared_norm(tape, source, target, *, method, per_example):
         # weights as compile-time constants (a recompile every step). A
         # `while_loop` compiles in constant time whatever the number of rows
         # (an unrolled loop took ~47 s to compile for 128 outputs).
+        shape = tf.reshape(batch_size, [1]) if per_example else []
         _, total = tf.while_loop(
             lambda i, acc: i < rows,
             lambda i, acc: (i + 1, acc + vjp_sum_of_squares(i)),
-            (tf.constant(0), tf.zeros([], y.dtype)),
+            (tf.constant(0), tf.zeros(shape, y.dtype)),
             maximum_iterations=rows,
         )
     elif per_example:
-        total = tf.reduce_sum(tf.square(tape.batch_jacobian(y, source)))
+        jacobian = tape.batch_jacobian(y, source)
+        total = _sum_of_squares(jacobian, batch_size, per_example)
     else:
-        total = tf.reduce_sum(tf.square(tape.jacobian(y, source)))
-    return tf.cast(target["scale"], total.dtype) * total / batch_size
+        total = _sum_of_squares(tape.jacobian(y, source), batch_size, False)
+    total = tf.cast(target["scale"], total.dtype) * total
+    if per_example:
+        return total
+    return tf.reshape(total / tf.cast(batch_size, total.dtype), [1])

@@ -1,28 +1,56 @@
-"""`JacobianRegularizer`: penalizes the input-output Jacobian during `fit`."""
+"""`JacobianRegularizer`: penalizes the input-output Jacobian during `fit`.
 
-import inspect
+How the callback changes the training loss, and why each override is needed
+(all are instance attributes, set in `on_train_begin` after checking the
+model and removed in `on_train_end`, or as soon as a train step raises):
+
+- `model.compute_loss` (the override point Keras documents for changing
+  the training loss) is wrapped to add `weight * penalty` to the loss it
+  returns. The penalty goes through Keras's own loss reduction (a
+  `keras.losses.Loss`), so it is averaged over the batch and scaled per
+  replica under `tf.distribute` exactly like the compiled loss.
+- `model.train_step` is wrapped to open the `tf.GradientTape` that records
+  the forward pass with respect to the input (or the `wrt` layer's output)
+  before the model is called: `compute_loss` runs only after the forward
+  pass, too late to record it, and recomputing the forward pass there
+  would update `BatchNormalization` statistics twice and draw other dropout
+  masks. The wrapper also adds `jacobian_norm` to the step's logs.
+- `model.make_train_function(force=True)` retraces the train function with
+  both wrappers. Keras's `fit` calls no callback hook when it raises, so
+  the new `model.train_function` is wrapped too: an error or
+  `KeyboardInterrupt` inside a train step restores the model at once. A
+  `fit` that raises elsewhere (another callback, validation) leaves the
+  wrappers in place but inert: the next `train_function` call that does not
+  belong to the `fit` that installed them (each `fit` sets a new
+  `model.history` before its callbacks run, and this callback allows one
+  call per `on_train_batch_begin`) removes them and runs the model's own
+  train function.
+- With `wrt=<layer name>`, the layer's `call` is wrapped to watch its
+  output on the tape: Keras 3 has no public hook on a layer's output.
+
+Nothing else of the model is touched: no frame walking, no global state.
+"""
+
 import math
-import threading
-import weakref
+import random
 
 import keras
 import tensorflow as tf
 
 from keras_research._export import register
-from keras_research._xla import in_xla_context
-from keras_research.callbacks._jacobian import (
-    describe,
-    is_float,
-    jacobian_target,
-    squared_norm,
-    to_float32,
-)
+from keras_research.callbacks._jacobian import is_float
+from keras_research.callbacks._patch import TrainingPatch, patch_of
 
 _METHODS = ("exact", "projection")
-# Models whose train step is being patched right now, so that two
-# regularizers never patch the same model at once and a patch left behind
-# by an interrupted `fit` is found and removed.
-_ACTIVE = weakref.WeakKeyDictionary()
+_ARGUMENTS = (
+    "weight",
+    "method",
+    "num_projections",
+    "wrt",
+    "per_example",
+    "log_norm",
+    "seed",
+)
 
 
 @register
@@ -35,16 +63,24 @@ class JacobianRegularizer(keras.callbacks.Callback):
     robust to input perturbations. Passing this callback to `model.fit` is
     the whole change: no model code is touched.
 
-    For the duration of `fit` the callback wraps the model's `train_step`,
-    `call`, `compute_loss` and `compute_metrics` (instance attributes only)
-    and rebuilds the train function; the forward pass of the train step is
-    recorded on an extra `tf.GradientTape` and the penalty is added to the
-    value returned by `compute_loss`. Validation, `evaluate` and `predict`
-    never see the penalty. Everything is undone when `fit` returns, and also
-    when it raises: an error or `KeyboardInterrupt` inside a train step
-    restores the model at once; a patch left by an error raised elsewhere
-    (another callback, validation) is inert and is removed the next time the
-    model trains. The reported `loss` includes the weighted penalty, as it
+    Supported models: any compiled model whose train step calls
+    `self.compute_loss(x, y, y_pred, ...)` with the model's predictions
+    `y_pred`. Keras's own `train_step` does (Sequential, functional and
+    subclassed models), and so does a custom `train_step` that calls
+    `compute_loss`. A custom `train_step` that computes its loss without
+    `compute_loss` (for example keras-io's VAE) is refused at the first
+    step with `ValueError: JacobianRegularizer adds its penalty in
+    `model.compute_loss`, but the train step of model '...' did not call
+    it ...`. With `wrt=None` the Jacobian is taken with respect to the `x`
+    of `keras.utils.unpack_x_y_sample_weight(data)` in the train step.
+
+    During `fit` the callback wraps the model's `train_step` and
+    `compute_loss` (instance attributes only) and rebuilds the train
+    function: the forward pass is recorded on an extra `tf.GradientTape`
+    and the penalty is added to the value returned by `compute_loss`.
+    Validation, `evaluate` and `predict` never see the penalty. Everything
+    is undone when `fit` returns, and also when it raises (see the module
+    docstring). The reported `loss` includes the weighted penalty, as it
     includes weight regularization losses.
 
     The Jacobian is taken of all outputs of the model (flattened per
@@ -59,24 +95,27 @@ class JacobianRegularizer(keras.callbacks.Callback):
       layer must be a direct layer of the model, called exactly once in the
       forward pass, and return one dense floating-point tensor.
 
-    `method="exact"` computes the full Jacobian: `tape.batch_jacobian`
-    (`per_example=True`) or `tape.jacobian` (`per_example=False`), both
-    vectorized with pfor, costing about one backward pass per model output.
-    `method="projection"` uses the unbiased estimator of Hoffman et al.:
-    for `num_projections` random unit vectors `v` per example,
-    `||J||_F^2 = K * E[||v^T J||^2]` where `K` is the number of outputs; it
-    costs one backward pass per projection, whatever `K`, and suits models
-    with many outputs.
+    `method="projection"` (the default, as in the authors' reference code)
+    uses the unbiased estimator of Hoffman et al.: for `num_projections`
+    random unit vectors `v` per example, `||J||_F^2 = K * E[||v^T J||^2]`
+    where `K` is the number of outputs. It costs one extra backward pass
+    (and its gradient) per projection whatever `K`: about 1.5-3x a plain
+    step with one projection (`benchmarks/RESULTS.md`). The directions are
+    drawn by a stateless generator from `seed`, the optimizer's step and
+    the replica, so runs are reproducible. `method="exact"` computes the
+    full Jacobian with `tape.batch_jacobian` (`per_example=True`) or
+    `tape.jacobian` (`per_example=False`), both vectorized with pfor,
+    costing about one backward pass per model output: a good choice for a
+    few outputs on small dense models, but ~15x a plain step on a 10-class
+    convnet, and ~140x at 1000 outputs (a warning is given above 100).
 
     With `jit_compile=True`, pfor-vectorized Jacobians are not used: inside
     an XLA cluster their second-order gradients make XLA treat the model's
     weights as compile-time constants, so every step recompiles (seconds per
     step). The compiled train step instead runs one vector-Jacobian product
     per Jacobian row (per output for `"exact"`, per projection for
-    `"projection"`) in a `tf.while_loop`, which XLA compiles once; it is
-    slower per step than pfor outside XLA as the rows grow (10 outputs:
-    about even; 128 outputs: ~2x), and `"exact"` then supports
-    `per_example=True` only.
+    `"projection"`) in a `tf.while_loop`, which XLA compiles once; `"exact"`
+    then supports `per_example=True` only.
 
     `per_example=True` assumes each output row depends only on its own
     input row (no batch statistics such as `BatchNormalization` in training
@@ -97,7 +136,7 @@ class JacobianRegularizer(keras.callbacks.Callback):
             the 0-based epoch and `step` the optimizer's iteration count;
             evaluated before each training batch, for warm-up schedules.
             Defaults to `0.01`.
-        method: `"exact"` or `"projection"`. Defaults to `"exact"`.
+        method: `"projection"` or `"exact"`. Defaults to `"projection"`.
         num_projections: int >= 1. Random projections per example and step
             for `method="projection"`. Defaults to `1`.
         wrt: `None` or str. Name of the layer whose output the Jacobian is
@@ -106,13 +145,17 @@ class JacobianRegularizer(keras.callbacks.Callback):
         per_example: bool. Whether outputs of one example depend on that
             example's input only (see above). Defaults to `True`.
         log_norm: bool. Whether to log `jacobian_norm`. Defaults to `True`.
-        **kwargs: forwarded to `keras.callbacks.Callback`.
+        seed: `None` or int >= 0. Seed of the random projections; `None`
+            draws one from Python's `random` (seeded by
+            `keras.utils.set_random_seed`) when training begins. Defaults
+            to `None`.
 
     Raises:
-        ValueError: for an invalid argument, and at the start of `fit` for
-            a model that is not compiled, a `wrt` that names no layer, a
-            model with several inputs, or with integer, string, ragged or
-            sparse input, and no `wrt`.
+        ValueError: for an invalid or unknown argument, and at the start of
+            `fit` for a model that is not compiled, a `wrt` that names no
+            layer, a model with several inputs, or with integer, string,
+            ragged or sparse input, and no `wrt`; at the first step for a
+            train step that does not call `compute_loss`.
 
     Example:
 
@@ -141,14 +184,20 @@ class JacobianRegularizer(keras.callbacks.Callback):
         self,
         weight=0.01,
         *,
-        method: str = "exact",
+        method: str = "projection",
         num_projections: int = 1,
         wrt: str | None = None,
         per_example: bool = True,
         log_norm: bool = True,
+        seed: int | None = None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        if kwargs:
+            raise ValueError(
+                "Unrecognized keyword arguments passed to JacobianRegularizer: "
+                f"{kwargs}. Accepted: {', '.join(_ARGUMENTS)}."
+            )
+        super().__init__()
         if isinstance(weight, bool) or not (
             isinstance(weight, (int, float)) or callable(weight)
         ):
@@ -188,18 +237,23 @@ class JacobianRegularizer(keras.callbacks.Callback):
                 raise ValueError(
                     f"`{name}` must be a bool. Received: {name}={value!r}"
                 )
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or seed < 0
+        ):
+            raise ValueError(
+                "`seed` must be None or an integer >= 0. "
+                f"Received: seed={seed!r}"
+            )
         self.weight = weight
         self.method = method
         self.num_projections = num_projections
         self.wrt = wrt
         self.per_example = per_example
         self.log_norm = log_norm
+        self.seed = seed
 
-        self._local = threading.local()
-        self._patched_model = None
-        self._saved = None
-        self._fit_frame = None
-        self._armed = False
+        self._patch = None
+        self._seed = seed
         self._weight_var = None
         self._weight_value = None
         self._norm_metric = None
@@ -216,6 +270,7 @@ class JacobianRegularizer(keras.callbacks.Callback):
             "wrt": self.wrt,
             "per_example": self.per_example,
             "log_norm": self.log_norm,
+            "seed": self.seed,
         }
 
     @classmethod
@@ -232,14 +287,16 @@ class JacobianRegularizer(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         model = self.model
-        _remove_stale_patch(model)
-        if model in _ACTIVE:
-            # The `fit` is aborted by this error: undo the other's patch.
-            _ACTIVE[model]._restore()
-            raise ValueError(
-                "Only one JacobianRegularizer can be passed to a `fit` call "
-                f"of a model; model {model.name!r} already has one."
-            )
+        other = patch_of(model)
+        if other is not None:
+            live = other.is_live()
+            other.restore()
+            if live:
+                # Both in this `fit`, which this error aborts.
+                raise ValueError(
+                    "Only one JacobianRegularizer can be passed to a `fit` "
+                    f"call of a model; model {model.name!r} already has one."
+                )
         if (
             not getattr(model, "compiled", False)
             or getattr(model, "optimizer", None) is None
@@ -249,7 +306,7 @@ class JacobianRegularizer(keras.callbacks.Callback):
                 "`model.compile(optimizer=..., loss=...)` before `fit`. "
                 f"Received: model {model.name!r}, which is not compiled."
             )
-        target_layer = self._resolve_wrt(model)
+        layer = self._resolve_wrt(model)
         jit = bool(model.jit_compile) and not model.run_eagerly
         if jit and self.method == "exact" and not self.per_example:
             raise ValueError(
@@ -259,17 +316,21 @@ class JacobianRegularizer(keras.callbacks.Callback):
                 "`jit_compile=False`. Received: per_example=False, "
                 "jit_compile=True"
             )
+        if self.seed is None and self.method == "projection":
+            self._seed = random.randint(1, 2**31 - 1)
         with model.distribute_strategy.scope():
             self._weight_var = tf.Variable(
                 0.0, trainable=False, dtype=tf.float32, name="jacobian_weight"
             )
             self._weight_value = None
+            self._norm_metric = None
             if self.log_norm:
                 self._norm_metric = keras.metrics.Mean(name="jacobian_norm")
         self._epoch = 0
         if not callable(self.weight):
             self._set_weight(0)
-        self._install(model, target_layer)
+        self._patch = TrainingPatch(self, model, layer)
+        self._patch.install()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -277,18 +338,26 @@ class JacobianRegularizer(keras.callbacks.Callback):
             self._norm_metric.reset_state()
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._patch is None:
+            return
         if callable(self.weight):
             try:
                 self._set_weight(int(self.model.optimizer.iterations.numpy()))
             except BaseException:
                 self._restore()
                 raise
+        self._patch.step_allowed = True
 
     def on_train_end(self, logs=None):
         self._restore()
 
     # ------------------------------------------------------------------
-    # Set-up and tear-down.
+    # Helpers.
+
+    def _restore(self):
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None
 
     def _resolve_wrt(self, model):
         if self.wrt is not None:
@@ -318,14 +387,14 @@ class JacobianRegularizer(keras.callbacks.Callback):
                 or getattr(x, "sparse", False)
                 or not is_float(x.dtype)
             ):
-                raise ValueError(self._input_error(model, _describe_kt(x)))
+                raise ValueError(self._input_error(model.name, _describe_kt(x)))
         return None
 
-    def _input_error(self, model, what):
+    def _input_error(self, model_name, what):
         return (
             "JacobianRegularizer with `wrt=None` differentiates with "
             "respect to the model input, which must be one dense "
-            f"floating-point tensor; model {model.name!r} takes {what}. For "
+            f"floating-point tensor; model {model_name!r} takes {what}. For "
             "integer, string, ragged or sparse inputs (e.g. text models), "
             "pass `wrt=<layer name>` to take the Jacobian with respect to "
             "that layer's output (e.g. the embedding layer). Received: "
@@ -350,300 +419,8 @@ class JacobianRegularizer(keras.callbacks.Callback):
             self._weight_var.assign(value)
             self._weight_value = value
 
-    def _install(self, model, target_layer):
-        names = ("train_step", "call", "compute_loss", "compute_metrics")
-        saved = {
-            "model": {n: model.__dict__.get(n, _MISSING) for n in names},
-            "train_function": model.train_function,
-        }
-        if target_layer is not None:
-            saved["layer"] = target_layer
-            saved["layer_call"] = target_layer.__dict__.get("call", _MISSING)
-        self._saved = saved
-        self._patched_model = model
-        self._fit_frame = _find_fit_frame(model)
-        _ACTIVE[model] = self
-
-        orig_train_step = model.train_step
-        orig_call = model.call
-        orig_compute_loss = model.compute_loss
-        orig_compute_metrics = model.compute_metrics
-
-        def train_step(data):
-            state = self._local
-            if not self._armed or getattr(state, "active", False):
-                return orig_train_step(data)
-            state.active = True
-            state.record = None
-            state.norm = None
-            state.applied = False
-            try:
-                outputs = orig_train_step(data)
-                if not state.applied:
-                    raise ValueError(
-                        "JacobianRegularizer adds its penalty in "
-                        "`model.compute_loss`, but the train step of model "
-                        f"{model.name!r} did not call it after calling the "
-                        "model. Call `self.compute_loss(...)` in a custom "
-                        "`train_step`."
-                    )
-            finally:
-                state.active = False
-                state.record = None
-                state.norm = None
-            return outputs
-
-        def call(*args, **kwargs):
-            state = self._local
-            if not getattr(state, "active", False) or getattr(
-                state, "in_call", False
-            ):
-                return orig_call(*args, **kwargs)
-            state.in_call = True
-            try:
-                return self._recorded_call(model, orig_call, args, kwargs)
-            finally:
-                state.in_call = False
-
-        def compute_loss(*args, **kwargs):
-            loss = orig_compute_loss(*args, **kwargs)
-            state = self._local
-            record = getattr(state, "record", None)
-            if not getattr(state, "active", False) or record is None:
-                return loss
-            state.record = None
-            norm = squared_norm(
-                record["tape"],
-                record["source"],
-                record,
-                method=self.method,
-                per_example=self.per_example,
-            )
-            state.norm = norm
-            state.applied = True
-            if self._norm_metric is not None:
-                self._norm_metric.update_state(
-                    norm, sample_weight=record["batch_size"]
-                )
-            num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            penalty = norm * tf.cast(self._weight_var, norm.dtype)
-            if num_replicas > 1:
-                penalty = penalty / num_replicas
-            if loss is None:
-                return tf.cast(penalty, "float32")
-            return loss + tf.cast(penalty, loss.dtype)
-
-        def compute_metrics(*args, **kwargs):
-            logs = orig_compute_metrics(*args, **kwargs)
-            state = self._local
-            if (
-                getattr(state, "active", False)
-                and getattr(state, "norm", None) is not None
-                and self._norm_metric is not None
-                and isinstance(logs, dict)
-            ):
-                logs = dict(logs)
-                logs["jacobian_norm"] = self._norm_metric.result()
-            return logs
-
-        for name, fn in (
-            ("train_step", train_step),
-            ("call", call),
-            ("compute_loss", compute_loss),
-            ("compute_metrics", compute_metrics),
-        ):
-            object.__setattr__(model, name, fn)
-
-        if target_layer is not None:
-            orig_layer_call = target_layer.call
-
-            def layer_call(*args, **kwargs):
-                outputs = orig_layer_call(*args, **kwargs)
-                state = self._local
-                tape = getattr(state, "tape", None)
-                if tape is None:
-                    return outputs
-                return self._watch_layer_output(state, tape, outputs)
-
-            object.__setattr__(target_layer, "call", layer_call)
-
-        model.make_train_function(force=True)
-        compiled_train_function = model.train_function
-
-        def guarded_train_function(iterator):
-            if not self._fit_is_live():
-                _remove_stale_patch(model)
-                return model.train_function(iterator)
-            self._armed = True
-            try:
-                return compiled_train_function(iterator)
-            except BaseException:
-                self._restore()
-                raise
-            finally:
-                self._armed = False
-
-        object.__setattr__(model, "train_function", guarded_train_function)
-
-    def _fit_is_live(self):
-        if self._fit_frame is None:
-            return True
-        frame = inspect.currentframe()
-        while frame is not None:
-            if frame is self._fit_frame:
-                return True
-            frame = frame.f_back
-        return False
-
-    def _restore(self):
-        model = self._patched_model
-        saved = self._saved
-        if model is None or saved is None:
-            return
-        for name, value in saved["model"].items():
-            if value is _MISSING:
-                model.__dict__.pop(name, None)
-            else:
-                object.__setattr__(model, name, value)
-        object.__setattr__(model, "train_function", saved["train_function"])
-        if "layer" in saved:
-            layer = saved["layer"]
-            if saved["layer_call"] is _MISSING:
-                layer.__dict__.pop("call", None)
-            else:
-                object.__setattr__(layer, "call", saved["layer_call"])
-        if _ACTIVE.get(model) is self:
-            del _ACTIVE[model]
-        self._patched_model = None
-        self._saved = None
-        self._fit_frame = None
-        self._armed = False
-
-    # ------------------------------------------------------------------
-    # Inside the train step (trace time).
-
-    def _recorded_call(self, model, orig_call, args, kwargs):
-        state = self._local
-        # Several gradient calls on the tape only in an XLA cluster (one
-        # vector-Jacobian product per row, see `_jacobian.squared_norm`).
-        tape = tf.GradientTape(
-            watch_accessed_variables=False, persistent=in_xla_context()
-        )
-        if self.wrt is None:
-            if "inputs" in kwargs:
-                inputs = kwargs["inputs"]
-            elif args:
-                inputs = args[0]
-            else:
-                raise ValueError(
-                    f"JacobianRegularizer could not find the input of model "
-                    f"{model.name!r} in its call arguments."
-                )
-            flat = tf.nest.flatten(inputs)
-            if len(flat) != 1:
-                raise ValueError(
-                    "JacobianRegularizer with `wrt=None` needs a model with "
-                    f"a single input; model {model.name!r} received "
-                    f"{len(flat)} tensors. Pass `wrt=<layer name>` to take "
-                    "the Jacobian with respect to one layer's output. "
-                    "Received: wrt=None"
-                )
-            x = flat[0]
-            if not isinstance(x, tf.Tensor) or not is_float(x.dtype):
-                raise ValueError(self._input_error(model, describe(x)))
-            with tape:
-                source = to_float32(x)
-                tape.watch(source)
-                x_in = tf.cast(source, x.dtype)
-                new_inputs = tf.nest.pack_sequence_as(inputs, [x_in])
-                if "inputs" in kwargs:
-                    kwargs = {**kwargs, "inputs": new_inputs}
-                else:
-                    args = (new_inputs,) + tuple(args[1:])
-                outputs = orig_call(*args, **kwargs)
-                target = self._target(model, outputs, source)
-            record = {"tape": tape, "source": source, **target}
-        else:
-            state.tape = tape
-            state.source = None
-            try:
-                with tape:
-                    outputs = orig_call(*args, **kwargs)
-                    source = state.source
-                    if source is None:
-                        raise ValueError(
-                            f"JacobianRegularizer: layer {self.wrt!r} (the "
-                            "`wrt` argument) was not called in the forward "
-                            f"pass of model {model.name!r}."
-                        )
-                    target = self._target(model, outputs, source)
-            finally:
-                state.tape = None
-                state.source = None
-            record = {"tape": tape, "source": source, **target}
-        state.record = record
-        return outputs
-
-    def _target(self, model, outputs, source):
-        return jacobian_target(
-            outputs,
-            source,
-            method=self.method,
-            num_projections=self.num_projections,
-            per_example=self.per_example,
-            model_name=model.name,
-        )
-
-    def _watch_layer_output(self, state, tape, outputs):
-        if state.source is not None:
-            raise ValueError(
-                f"JacobianRegularizer: layer {self.wrt!r} (the `wrt` "
-                "argument) is called more than once in the forward pass; "
-                "the Jacobian with respect to its output is ambiguous. "
-                "Name a layer that is called once."
-            )
-        if not isinstance(outputs, tf.Tensor) or not is_float(outputs.dtype):
-            raise ValueError(
-                f"JacobianRegularizer: layer {self.wrt!r} (the `wrt` "
-                "argument) must return one dense floating-point tensor to "
-                f"differentiate with respect to; it returned "
-                f"{describe(outputs)}."
-            )
-        source = to_float32(outputs)
-        tape.watch(source)
-        state.source = source
-        return tf.cast(source, outputs.dtype)
-
-
-class _Missing:
-    def __repr__(self):
-        return "<missing>"
-
-
-_MISSING = _Missing()
-
 
 def _describe_kt(x):
     what = "ragged " if getattr(x, "ragged", False) else ""
     what += "sparse " if getattr(x, "sparse", False) else ""
     return f"a {what}input of dtype {x.dtype}"
-
-
-def _find_fit_frame(model):
-    """The frame of the `fit` call that runs these callbacks, if found."""
-    frame = inspect.currentframe()
-    while frame is not None:
-        if (
-            frame.f_code.co_name == "fit"
-            and frame.f_locals.get("self") is model
-        ):
-            return frame
-        frame = frame.f_back
-    return None
-
-
-def _remove_stale_patch(model):
-    """Undoes a patch left on `model` by a `fit` that is no longer running."""
-    owner = _ACTIVE.get(model)
-    if owner is not None and not owner._fit_is_live():
-        owner._restore()

@@ -74,7 +74,9 @@ def data(n=32, num_inputs=6, num_outputs=4, seed=0):
 
 
 def logged_norm(model, x, y, **kwargs):
-    """`jacobian_norm` logged by one `fit` step over the whole batch."""
+    """`jacobian_norm` logged by one `fit` step over the whole batch
+    (`method="exact"` unless given)."""
+    kwargs.setdefault("method", "exact")
     history = model.fit(
         x,
         y,
@@ -215,7 +217,7 @@ def test_penalty_gradient_matches_finite_differences():
             batch_size=len(x),
             epochs=1,
             verbose=0,
-            callbacks=[JacobianRegularizer(1.0)],
+            callbacks=[JacobianRegularizer(1.0, method="exact")],
         )
         for before, after, grad in zip(
             weights, model.trainable_weights, expected
@@ -301,7 +303,7 @@ def test_wrt_embedding_bag_on_ragged_text_model():
         epochs=1,
         verbose=0,
         validation_data=dataset,
-        callbacks=[JacobianRegularizer(1.0, wrt="bag")],
+        callbacks=[JacobianRegularizer(1.0, wrt="bag", method="exact")],
     )
     np.testing.assert_allclose(
         history.history["jacobian_norm"][0], expected, rtol=1e-5
@@ -625,7 +627,7 @@ def test_weight_learning_rate_schedule():
         epochs=1,
         verbose=0,
         shuffle=False,
-        callbacks=[JacobianRegularizer(schedule)],
+        callbacks=[JacobianRegularizer(schedule, method="exact")],
     )
     # Step 0 has weight 0, step 1 weight 1: the epoch's mean loss is the
     # plain loss plus half the norm.
@@ -675,6 +677,7 @@ def test_config_round_trip():
         "wrt": "dense",
         "per_example": True,
         "log_norm": True,
+        "seed": None,
     }
     restored = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(callback)
@@ -782,7 +785,10 @@ def test_exact_full_jacobian_under_jit_is_refused():
     x, y = data(4)
     with pytest.raises(ValueError, match="per_example=False"):
         model.fit(
-            x, y, verbose=0, callbacks=[JacobianRegularizer(per_example=False)]
+            x,
+            y,
+            verbose=0,
+            callbacks=[JacobianRegularizer(method="exact", per_example=False)],
         )
     assert_clean(model)
 
@@ -849,7 +855,7 @@ def test_mirrored_strategy():
         batch_size=len(x),
         epochs=1,
         verbose=0,
-        callbacks=[JacobianRegularizer(0.5)],
+        callbacks=[JacobianRegularizer(0.5, method="exact")],
     )
     norm = history.history["jacobian_norm"][0]
     np.testing.assert_allclose(norm, expected, rtol=1e-5)
@@ -877,7 +883,7 @@ def test_mirrored_strategy_gradient_matches_single_device():
             epochs=1,
             verbose=0,
             shuffle=False,
-            callbacks=[JacobianRegularizer(0.5)],
+            callbacks=[JacobianRegularizer(0.5, method="exact")],
         )
     for a, b in zip(single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -887,7 +893,9 @@ def test_exact_with_many_outputs_warns():
     model = mlp(num_outputs=101)
     x, y = data(4, num_outputs=101)
     with pytest.warns(UserWarning, match="method='projection'"):
-        model.fit(x, y, verbose=0, callbacks=[JacobianRegularizer()])
+        model.fit(
+            x, y, verbose=0, callbacks=[JacobianRegularizer(method="exact")]
+        )
 
 
 def test_steps_per_execution():
@@ -900,7 +908,7 @@ def test_steps_per_execution():
         batch_size=len(x),
         epochs=1,
         verbose=0,
-        callbacks=[JacobianRegularizer(1.0)],
+        callbacks=[JacobianRegularizer(1.0, method="exact")],
     )
     np.testing.assert_allclose(
         history.history["jacobian_norm"][0], expected, rtol=1e-5
