@@ -11,7 +11,16 @@ steps computing the same penalty with nested tapes ("bare"), for MLPs with
 10 and 1000 outputs, with and without `jit_compile`. The callback's steps
 run through `model.train_function`, exactly as in `fit`.
 
-Run: `python -m benchmarks.jacobian_benchmark [--quick]`.
+Part 3 (issue 16's check of the default): keras-io's `mnist_convnet`
+(28x28x1 -> Conv 32 -> pool -> Conv 64 -> pool -> dropout -> Dense 10
+softmax, Adam, batch 128): a plain `fit` step against the callback's
+default (one random projection), 4 projections and `method="exact"`,
+interleaved, with the median, the minimum and the ratio to a plain step.
+
+Run: `python -m benchmarks.jacobian_benchmark [--quick] [--part P]` with
+P in `all` (default), `loops`, `mlp`, `convnet`. The coordinator's command,
+which finishes in a few minutes: `python -m benchmarks.jacobian_benchmark
+--quick`.
 """
 
 import argparse
@@ -126,16 +135,21 @@ def make_data(num_outputs, batch=64, n=64 * 16):
 
 
 def callback_step(model, callback, dataset):
-    """One `fit` step of `model` with `callback` active (the same
-    `train_function` that `fit` calls)."""
-    if callback is None:
-        model.make_train_function()
-    else:
-        callback.set_model(model)
-        callback.on_train_begin()
-        callback.on_epoch_begin(0)
+    """One `fit` step of `model` with `callback` active: the hooks and the
+    `train_function` call that `fit` makes for each batch."""
+    model.make_train_function()
     iterator = iter(dataset)
-    return lambda: model.train_function(iterator)
+    if callback is None:
+        return lambda: model.train_function(iterator)
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+
+    def step():
+        callback.on_train_batch_begin(0)
+        return model.train_function(iterator)
+
+    return step
 
 
 def bare_step(model, method, num_projections, jit, dataset, weight=0.01):
@@ -265,17 +279,111 @@ def xla_cliff(num_outputs=10):
     )
 
 
+# ---------------------------------------------------------------------------
+# Part 3.
+
+
+def make_convnet(seed=0):
+    """keras-io `mnist_convnet`, as written there."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            keras.layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"]
+    )
+    return model
+
+
+def interleaved(candidates, warmup, repeats):
+    """`{name: sorted step times}`, candidates run in rotated order."""
+    names = list(candidates)
+    for name in names:
+        for _ in range(warmup):
+            first_call_seconds(candidates[name])
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(first_call_seconds(candidates[name]))
+    return {name: sorted(times) for name, times in samples.items()}
+
+
+def convnet(repeats):
+    batch = 128
+    rng = np.random.default_rng(0)
+    x = rng.random((batch * 8, 28, 28, 1), dtype=np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 10, batch * 8), 10)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    dataset = dataset.repeat().prefetch(2)
+    configs = {
+        "plain fit step": None,
+        "default (1 projection)": {},
+        "4 projections": {"num_projections": 4},
+        'method="exact"': {"method": "exact"},
+    }
+    candidates, first = {}, {}
+    for name, kwargs in configs.items():
+        callback = None if kwargs is None else JacobianRegularizer(**kwargs)
+        candidates[name] = callback_step(make_convnet(), callback, dataset)
+        first[name] = first_call_seconds(candidates[name])
+    samples = interleaved(candidates, warmup=2, repeats=repeats)
+    median = {n: float(np.median(s)) for n, s in samples.items()}
+    base = "plain fit step"
+    print(
+        f"## Part 3: keras-io mnist_convnet (10 outputs), batch {batch}, "
+        f"Adam, {repeats} interleaved rounds after 2 warm-up steps"
+    )
+    print(
+        f"   {'':<24} {'median ms':>10} {'min ms':>8} {'median ratio':>13} "
+        f"{'min ratio':>10} {'first call s':>13}"
+    )
+    for name, times in samples.items():
+        print(
+            f"   {name:<24} {median[name] * 1e3:10.1f} {times[0] * 1e3:8.1f} "
+            f"{median[name] / median[base]:12.2f}x "
+            f"{times[0] / samples[base][0]:9.2f}x {first[name]:13.2f}"
+        )
+    return median
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument(
+        "--part", choices=["all", "loops", "mlp", "convnet"], default="all"
+    )
     args = parser.parse_args()
     repeats = 7 if args.quick else 25
-    print_config({"models": "MLP 32-64-64-{10,1000} tanh, batch 64, SGD"})
-    jacobian_methods()
-    for num_outputs in (10, 1000):
-        for jit in (False, True):
-            train_steps(num_outputs, jit, repeats)
-    xla_cliff()
+    print_config(
+        {
+            "models": "MLP 32-64-64-{10,1000} tanh, batch 64, SGD; keras-io "
+            "mnist_convnet, batch 128, Adam",
+            "load average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        }
+    )
+    start = time.perf_counter()
+    if args.part in ("all", "convnet"):
+        convnet(repeats)
+    if args.part in ("all", "loops"):
+        jacobian_methods()
+    if args.part in ("all", "mlp"):
+        for num_outputs in (10, 1000):
+            for jit in (False, True):
+                train_steps(num_outputs, jit, repeats)
+        xla_cliff()
+    print(
+        f"# total {time.perf_counter() - start:.0f} s, load average after: "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    )
 
 
 if __name__ == "__main__":

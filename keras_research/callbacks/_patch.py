@@ -183,7 +183,7 @@ class TrainingPatch:
             )
         x = flat[0]
         if not isinstance(x, tf.Tensor) or not is_float(x.dtype):
-            raise ValueError(self.callback._input_error(name, describe(x)))
+            raise ValueError(input_error(name, describe(x)))
         tape.watch(x)
         return x
 
@@ -286,3 +286,49 @@ def _put_back(obj, name, value):
         obj.__dict__.pop(name, None)
     else:
         object.__setattr__(obj, name, value)
+
+
+def resolve_wrt(model, wrt):
+    """The layer named `wrt`, or `None` after checking the model's input."""
+    if wrt is not None:
+        names = [layer.name for layer in model.layers]
+        if wrt not in names:
+            raise ValueError(
+                f"`wrt` must name a layer of model {model.name!r}; its "
+                f"layers are {names}. Received: wrt={wrt!r}"
+            )
+        return model.get_layer(wrt)
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if inputs:
+        if len(inputs) != 1:
+            raise ValueError(
+                "JacobianRegularizer with `wrt=None` needs a model with "
+                f"a single input; model {model.name!r} has "
+                f"{len(inputs)}. Pass `wrt=<layer name>` to take the "
+                "Jacobian with respect to one layer's output. Received: "
+                "wrt=None"
+            )
+        x = inputs[0]
+        ragged = getattr(x, "ragged", False)
+        sparse = getattr(x, "sparse", False)
+        if ragged or sparse or not is_float(x.dtype):
+            what = ("ragged " if ragged else "") + ("sparse " if sparse else "")
+            raise ValueError(
+                input_error(model.name, f"a {what}input of dtype {x.dtype}")
+            )
+    return None
+
+
+def input_error(model_name, what):
+    return (
+        "JacobianRegularizer with `wrt=None` differentiates with "
+        "respect to the model input, which must be one dense "
+        f"floating-point tensor; model {model_name!r} takes {what}. For "
+        "integer, string, ragged or sparse inputs (e.g. text models), "
+        "pass `wrt=<layer name>` to take the Jacobian with respect to "
+        "that layer's output (e.g. the embedding layer). Received: "
+        "wrt=None"
+    )

@@ -38,8 +38,11 @@ import keras
 import tensorflow as tf
 
 from keras_research._export import register
-from keras_research.callbacks._jacobian import is_float
-from keras_research.callbacks._patch import TrainingPatch, patch_of
+from keras_research.callbacks._patch import (
+    TrainingPatch,
+    patch_of,
+    resolve_wrt,
+)
 
 _METHODS = ("exact", "projection")
 _ARGUMENTS = (
@@ -99,15 +102,16 @@ class JacobianRegularizer(keras.callbacks.Callback):
     uses the unbiased estimator of Hoffman et al.: for `num_projections`
     random unit vectors `v` per example, `||J||_F^2 = K * E[||v^T J||^2]`
     where `K` is the number of outputs. It costs one extra backward pass
-    (and its gradient) per projection whatever `K`: about 1.5-3x a plain
+    (and its gradient) per projection whatever `K`: 1.5-2.5x a plain
     step with one projection (`benchmarks/RESULTS.md`). The directions are
     drawn by a stateless generator from `seed`, the optimizer's step and
     the replica, so runs are reproducible. `method="exact"` computes the
     full Jacobian with `tape.batch_jacobian` (`per_example=True`) or
     `tape.jacobian` (`per_example=False`), both vectorized with pfor,
-    costing about one backward pass per model output: a good choice for a
-    few outputs on small dense models, but ~15x a plain step on a 10-class
-    convnet, and ~140x at 1000 outputs (a warning is given above 100).
+    costing about one backward pass per model output: about 2x a plain
+    step for a 10-output MLP, but 18-29x on keras-io's 10-class
+    `mnist_convnet` (pfor vectorizes convolution gradients poorly) and ~140x
+    at 1000 outputs (a warning is given above 100).
 
     With `jit_compile=True`, pfor-vectorized Jacobians are not used: inside
     an XLA cluster their second-order gradients make XLA treat the model's
@@ -306,7 +310,7 @@ class JacobianRegularizer(keras.callbacks.Callback):
                 "`model.compile(optimizer=..., loss=...)` before `fit`. "
                 f"Received: model {model.name!r}, which is not compiled."
             )
-        layer = self._resolve_wrt(model)
+        layer = resolve_wrt(model, self.wrt)
         jit = bool(model.jit_compile) and not model.run_eagerly
         if jit and self.method == "exact" and not self.per_example:
             raise ValueError(
@@ -359,48 +363,6 @@ class JacobianRegularizer(keras.callbacks.Callback):
             self._patch.restore()
             self._patch = None
 
-    def _resolve_wrt(self, model):
-        if self.wrt is not None:
-            names = [layer.name for layer in model.layers]
-            if self.wrt not in names:
-                raise ValueError(
-                    f"`wrt` must name a layer of model {model.name!r}; its "
-                    f"layers are {names}. Received: wrt={self.wrt!r}"
-                )
-            return model.get_layer(self.wrt)
-        try:
-            inputs = model.inputs
-        except (AttributeError, ValueError):
-            inputs = None
-        if inputs:
-            if len(inputs) != 1:
-                raise ValueError(
-                    "JacobianRegularizer with `wrt=None` needs a model with "
-                    f"a single input; model {model.name!r} has "
-                    f"{len(inputs)}. Pass `wrt=<layer name>` to take the "
-                    "Jacobian with respect to one layer's output. Received: "
-                    "wrt=None"
-                )
-            x = inputs[0]
-            if (
-                getattr(x, "ragged", False)
-                or getattr(x, "sparse", False)
-                or not is_float(x.dtype)
-            ):
-                raise ValueError(self._input_error(model.name, _describe_kt(x)))
-        return None
-
-    def _input_error(self, model_name, what):
-        return (
-            "JacobianRegularizer with `wrt=None` differentiates with "
-            "respect to the model input, which must be one dense "
-            f"floating-point tensor; model {model_name!r} takes {what}. For "
-            "integer, string, ragged or sparse inputs (e.g. text models), "
-            "pass `wrt=<layer name>` to take the Jacobian with respect to "
-            "that layer's output (e.g. the embedding layer). Received: "
-            "wrt=None"
-        )
-
     def _set_weight(self, step):
         weight = self.weight
         if isinstance(weight, keras.optimizers.schedules.LearningRateSchedule):
@@ -418,9 +380,3 @@ class JacobianRegularizer(keras.callbacks.Callback):
         if value != self._weight_value:
             self._weight_var.assign(value)
             self._weight_value = value
-
-
-def _describe_kt(x):
-    what = "ragged " if getattr(x, "ragged", False) else ""
-    what += "sparse " if getattr(x, "sparse", False) else ""
-    return f"a {what}input of dtype {x.dtype}"
