@@ -28,7 +28,7 @@ model and removed in `on_train_end`, or as soon as a train step raises):
 - With `wrt=<layer name>`, the layer's `call` is wrapped to watch its
   output on the tape: Keras 3 has no public hook on a layer's output.
 
-Nothing else of the model is touched: no frame walking, no global state.
+Nothing else of the model is touched; no frame walking, no global registry.
 """
 
 import math
