@@ -215,7 +215,22 @@ class FactorizedLayer:
         if replay is None:
             return super().__call__(*args, **kwargs)
         with replay:
-            return super().__call__(*args, **kwargs)
+            outputs = super().__call__(*args, **kwargs)
+        if self.built:
+            # Built and called: what is still pending was created by a
+            # sublayer's own record (a wrapped layer deserialized by its
+            # wrapper) or not at all; stop replaying either way.
+            self.__dict__["_kr_pending"].clear()
+        return outputs
+
+    def build_from_config(self, config):
+        # Keras may build from the config by tracing `call` directly
+        # (layers and models with the default `build`).
+        replay = _replaying(self)
+        if replay is None:
+            return super().build_from_config(config)
+        with replay:
+            return super().build_from_config(config)
 
     def save_own_variables(self, store):
         if not self.__dict__.get("_kr_factorized"):

@@ -144,15 +144,29 @@ def record(chain, name, rank):
 
 
 def replay_creator(root, recorded, make_factorized):
-    """A creator that re-factorizes the weights named in `recorded`."""
+    """A creator that re-factorizes the weights named in `recorded`.
+
+    Made when `root` starts building or being called. Keras builds some
+    layers (subclassed models) by tracing `call` without opening their
+    name scope: a layer built then, below the layers that were already
+    building, counts as below `root`.
+    """
+    base = _add_weight_hook.building_layers()
 
     def creator(next_creator, **kwargs):
         if creating_factors():
             return next_creator(**kwargs)
         chain = creation_chain(kwargs["layer"])
+        if not any(layer is root for layer in chain):
+            if chain[: len(base)] != base or len(chain) == len(base):
+                return next_creator(**kwargs)
+            chain = [root] + chain[len(base) :]
         key = relative_key(chain, root, weight_name(kwargs))
         if key is not None and key in recorded:
-            return make_factorized(next_creator, kwargs, recorded[key])
+            weight = make_factorized(next_creator, kwargs, recorded[key])
+            root.__dict__.get("_kr_pending", {}).pop(key, None)
+            return weight
         return next_creator(**kwargs)
 
     return creator
+

@@ -79,10 +79,13 @@ class factorized_scope:
     (`load_weights` of the unfactorized model's `.weights.h5`) into a
     factorized model is supported: each factorized weight takes the
     truncated SVD of the stored kernel, with a warning that states the
-    relative reconstruction error. Models that re-create their layers from
-    hyperparameters in `__init__` (KerasHub backbones, subclassed models)
-    do not record the factorization in their config: load their `.keras`
-    file inside the same `factorized_scope`.
+    relative reconstruction error. Custom layers and subclassed models
+    that create their sublayers in `__init__` record the factorization
+    too (an auto-named sublayer by the attribute that holds it) and load
+    with no scope. Models that build their whole functional graph in
+    `__init__` from hyperparameters (KerasHub backbones) do not record it
+    in their config: load their `.keras` file inside the same
+    `factorized_scope`.
 
     Args:
         rank: int >= 1, the rank of every factorized weight, or float in
