@@ -7,12 +7,7 @@ import numpy as np
 from keras import ops
 
 from keras_research._export import register
-from keras_research.scopes._factorized_weight import (
-    resolve_rank,
-    split_factors,
-    svd,
-    validate_rank,
-)
+from keras_research.layers import _low_rank
 
 
 @register
@@ -123,7 +118,7 @@ class FactorizedDense(keras.layers.Layer):
             )
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.units = int(units)
-        self.rank = validate_rank(rank)
+        self.rank = _low_rank.validate_rank(rank)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.left_initializer = _get(
@@ -164,7 +159,7 @@ class FactorizedDense(keras.layers.Layer):
                 f"be defined. Received: input_shape={input_shape}"
             )
         full_rank = min(int(input_dim), self.units)
-        rank = resolve_rank(self.rank, full_rank)
+        rank = _low_rank.resolve_rank(self.rank, full_rank)
         if rank > full_rank:
             raise ValueError(
                 "`rank` may not exceed min(input_dim, units) = "
@@ -209,12 +204,9 @@ class FactorizedDense(keras.layers.Layer):
         return ops.matmul(self.left, self.right)
 
     def call(self, inputs):
-        x = ops.matmul(ops.matmul(inputs, self.left), self.right)
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _low_rank.low_rank_dense(
+            inputs, self.left, self.right, self.bias, self.activation
+        )
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
@@ -312,17 +304,16 @@ class FactorizedDense(keras.layers.Layer):
                 "`dense` must not be quantized. Received: dense with "
                 f"quantization_mode={dense.quantization_mode!r}"
             )
-        rank = validate_rank(rank)
+        rank = _low_rank.validate_rank(rank)
         kernel = np.asarray(keras.ops.convert_to_numpy(dense.kernel))
         full_rank = min(kernel.shape)
-        absolute = resolve_rank(rank, full_rank)
+        absolute = _low_rank.resolve_rank(rank, full_rank)
         if absolute > full_rank:
             raise ValueError(
                 "`rank` may not exceed min(input_dim, units) = "
                 f"min{kernel.shape} = {full_rank}. Received: rank={rank}"
             )
-        u, s, vt = svd(kernel)
-        left, right = split_factors(u, s, vt, absolute)
+        left, right, _ = _low_rank.truncated_factors(kernel, absolute)
         config = dict(
             units=dense.units,
             rank=absolute,

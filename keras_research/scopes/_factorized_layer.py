@@ -18,26 +18,30 @@ only, to `factorized_class(type(layer))`: a subclass that
   this layer), so `keras.saving.load_model(..., safe_mode=True)` rebuilds
   the same factors with no `custom_objects`.
 
-The factorization of a weight is recorded on the outermost layer that was
-being built when the weight was created (the layer whose config rebuilds
-it: `MultiHeadAttention` for its query kernel), except plain `Sequential`
-and functional models, which serialize each of their layers.
+Where the factorization is recorded and how it is replayed on load is in
+`_records.py`; the computations without the full kernel in
+`_fast_paths.py`.
+
+The class swap (`layer.__class__ = ...` on a live layer) is deliberate:
+Keras writes a layer's class into its saved config, and there is no
+public way to make one live instance of `Dense` serialize as something
+else. The swap keeps `isinstance(layer, Dense)` true and the class
+`__name__` unchanged; `tests/scopes/test_keras_pins.py` pins what it relies
+on.
 """
 
 import functools
-import threading
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_research._export import PACKAGE
-from keras_research.scopes import _add_weight_hook
+from keras_research.layers import _low_rank
+from keras_research.scopes import _add_weight_hook, _fast_paths, _records
 from keras_research.scopes._factorized_weight import (
     FactorizedWeight,
     ProductRegularizer,
     SpectralInitializer,
-    matrix_shape,
 )
 from keras_research.scopes.weight_creator_scope import weight_creator_scope
 
@@ -45,57 +49,17 @@ LOADER_NAME = "FactorizedLayer"
 _ALLOWED_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 
 _classes = {}
-_state = threading.local()
+
+creating_factors = _records.creating_factors
 
 
-def creating_factors():
-    """Whether this thread is creating the factors of a weight right now.
-
-    Factorizing creators leave factors alone, so nested scopes never
-    factorize a factor again.
-    """
-    return getattr(_state, "factor_depth", 0) > 0
-
-
-def creation_chain(layer):
-    """Layers being built when `layer` creates a weight, outermost first."""
-    chain = _add_weight_hook.building_layers()
-    if not chain or chain[-1] is not layer:
-        chain.append(layer)
-    return chain
-
-
-def record_root(chain):
-    """The layer on which a factorization created in `chain` is recorded."""
-    for candidate in chain:
-        if not _add_weight_hook.is_layer_container(candidate):
-            return candidate
-    return chain[-1]
-
-
-def relative_key(chain, root, name):
-    """The path of weight `name` below `root`, or None if not below it."""
-    for index, layer in enumerate(chain):
-        if layer is root:
-            return "/".join([x.name for x in chain[index + 1 :]] + [name])
-    return None
-
-
-def _weight_name(kwargs):
-    return kwargs.get("name") or "variable"
-
-
-def make_factorized(
-    next_creator, kwargs, rank, root, key, initial_factors=None
-):
+def make_factorized(next_creator, kwargs, rank, initial_factors=None):
     """Creates the factors of one weight through `next_creator`.
 
     Args:
         next_creator: the weight creator to make each factor with.
         kwargs: the `add_weight` arguments of the weight, with `layer`.
         rank: int, the absolute rank.
-        root: the layer on which to record the factorization, or None.
-        key: the weight's path below `root`.
         initial_factors: optional `(left, right)` arrays to start from;
             by default the truncated SVD of a sample of the weight's own
             initializer.
@@ -105,8 +69,8 @@ def make_factorized(
     """
     layer = kwargs["layer"]
     shape = tuple(int(d) for d in kwargs["shape"])
-    m, n = matrix_shape(shape)
-    name = _weight_name(kwargs)
+    m, n = _low_rank.matrix_shape(shape)
+    name = _records.weight_name(kwargs)
     initializer = kwargs.get("initializer")
     if initializer is None:
         initializer = "glorot_uniform"
@@ -114,18 +78,30 @@ def make_factorized(
     if initial_factors is not None:
         spectral.set_factors(*initial_factors)
     common = dict(kwargs, regularizer=None, constraint=None)
-    _state.factor_depth = getattr(_state, "factor_depth", 0) + 1
-    try:
-        left, right = _create_factors(
-            next_creator, common, name, m, n, rank, spectral
+    with _records.creating_factors_scope():
+        left = next_creator(
+            **dict(
+                common,
+                shape=(m, rank),
+                name=f"{name}_left",
+                initializer=spectral.factor_initializer(0),
+            )
         )
-    finally:
-        _state.factor_depth -= 1
+        right = next_creator(
+            **dict(
+                common,
+                shape=(rank, n),
+                name=f"{name}_right",
+                initializer=spectral.factor_initializer(1),
+            )
+        )
     weight = FactorizedWeight(left, right, shape, name)
     regularizer = keras.regularizers.get(kwargs.get("regularizer"))
     if regularizer is not None:
         left.regularizer = ProductRegularizer(regularizer, weight)
-    _adopt(layer)
+    chain = _records.creation_chain(layer)
+    for each in _records.recording_layers(chain):
+        _adopt(each)
     owned = layer.__dict__["_kr_factorized"]
     owned_key = name
     suffix = 1
@@ -133,30 +109,8 @@ def make_factorized(
         suffix += 1
         owned_key = f"{name}_{suffix}"
     owned[owned_key] = weight
-    if root is not None:
-        _adopt(root)
-        root.__dict__["_kr_record"][key] = int(rank)
+    _records.record(chain, name, rank)
     return weight
-
-
-def _create_factors(next_creator, common, name, m, n, rank, spectral):
-    left = next_creator(
-        **dict(
-            common,
-            shape=(m, rank),
-            name=f"{name}_left",
-            initializer=spectral.factor_initializer(0),
-        )
-    )
-    right = next_creator(
-        **dict(
-            common,
-            shape=(rank, n),
-            name=f"{name}_right",
-            initializer=spectral.factor_initializer(1),
-        )
-    )
-    return left, right
 
 
 def _adopt(layer):
@@ -168,50 +122,16 @@ def _adopt(layer):
     layer.__dict__.setdefault("_kr_record", {})
 
 
-def replay_creator(root, record):
-    """A creator that re-factorizes the weights named in `record`."""
-
-    def creator(next_creator, **kwargs):
-        if creating_factors():
-            return next_creator(**kwargs)
-        chain = creation_chain(kwargs["layer"])
-        key = relative_key(chain, root, _weight_name(kwargs))
-        if key is not None and key in record:
-            return make_factorized(
-                next_creator, kwargs, record[key], root, key
-            )
-        return next_creator(**kwargs)
-
-    return creator
-
-
-def pending_replay_creator(factorized, record):
-    """Replays `record` for a root still being deserialized.
-
-    Wrappers such as `TimeDistributed` deserialize (and build) their inner
-    layer inside their own `from_config`, before the root exists or opens
-    a name scope: keys are then the build chain below the layers that were
-    already building when `from_config` started, without the new root
-    itself (an instance of `factorized`) if it builds its own weights.
-    """
-    base = _add_weight_hook.building_layers()
-
-    def creator(next_creator, **kwargs):
-        if creating_factors():
-            return next_creator(**kwargs)
-        chain = creation_chain(kwargs["layer"])
-        if chain[: len(base)] != base:
-            return next_creator(**kwargs)
-        below = chain[len(base) :]
-        if below and type(below[0]) is factorized:
-            below = below[1:]
-        key = "/".join([x.name for x in below] + [_weight_name(kwargs)])
-        if key in record:
-            # The root records `record` once it exists (in `from_config`).
-            return make_factorized(next_creator, kwargs, record[key], None, key)
-        return next_creator(**kwargs)
-
-    return creator
+def _replaying(layer):
+    """A scope replaying `layer`'s recorded weights not yet re-created."""
+    pending = layer.__dict__.get("_kr_pending")
+    if not pending:
+        return None
+    return weight_creator_scope(
+        _records.replay_creator(
+            layer, layer.__dict__["_kr_record"], make_factorized
+        )
+    )
 
 
 def _resolve_class(header):
@@ -276,8 +196,7 @@ class FactorizedLayer:
         factorized = factorized_class(original)
         inner = dict(config["layer"].get("config", {}))
         record = {str(k): int(v) for k, v in config["factorized"].items()}
-        with weight_creator_scope(pending_replay_creator(factorized, record)):
-            instance = original.from_config.__func__(factorized, inner)
+        instance = original.from_config.__func__(factorized, inner)
         if type(instance) is not factorized:
             raise TypeError(
                 f"{original.__name__}.from_config returned an instance of "
@@ -285,8 +204,33 @@ class FactorizedLayer:
                 "restored when `from_config` builds `cls(...)`."
             )
         instance.__dict__.setdefault("_kr_factorized", {})
-        instance.__dict__["_kr_record"] = record
+        instance.__dict__["_kr_record"] = dict(record)
+        # Weights built later (in `build`, or lazily while the layer is
+        # first called) are re-created as factors until all exist again.
+        instance.__dict__["_kr_pending"] = dict(record)
         return instance
+
+    def __call__(self, *args, **kwargs):
+        replay = _replaying(self)
+        if replay is None:
+            return super().__call__(*args, **kwargs)
+        with replay:
+            outputs = super().__call__(*args, **kwargs)
+        if self.built:
+            # Built and called: what is still pending was created by a
+            # sublayer's own record (a wrapped layer deserialized by its
+            # wrapper) or not at all; stop replaying either way.
+            self.__dict__["_kr_pending"].clear()
+        return outputs
+
+    def build_from_config(self, config):
+        # Keras may build from the config by tracing `call` directly
+        # (layers and models with the default `build`).
+        replay = _replaying(self)
+        if replay is None:
+            return super().build_from_config(config)
+        with replay:
+            return super().build_from_config(config)
 
     def save_own_variables(self, store):
         if not self.__dict__.get("_kr_factorized"):
@@ -330,50 +274,6 @@ def _shapes_match(slots, values):
     )
 
 
-def _dense_call(self, inputs, training=None):
-    kernel = self.__dict__.get("_kernel")
-    if (
-        isinstance(kernel, FactorizedWeight)
-        and not self.lora_enabled
-        and self.quantization_mode is None
-    ):
-        x = ops.matmul(ops.matmul(inputs, kernel.left), kernel.right)
-        if self.bias is not None:
-            x = ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
-    return keras.layers.Dense.call(self, inputs, training=training)
-
-
-def _embedding_call(self, inputs):
-    table = self.__dict__.get("_embeddings")
-    if (
-        isinstance(table, FactorizedWeight)
-        and not self.lora_enabled
-        and self.quantization_mode is None
-    ):
-        if inputs.dtype != "int32" and inputs.dtype != "int64":
-            inputs = ops.cast(inputs, "int32")
-        outputs = ops.matmul(
-            ops.take(table.left, inputs, axis=0), table.right
-        )
-        return ops.cast(outputs, dtype=self.compute_dtype)
-    return keras.layers.Embedding.call(self, inputs)
-
-
-def _conv_op(self, inputs, kernel):
-    if isinstance(kernel, FactorizedWeight) and self.groups == 1:
-        # conv(x, reshape(L @ R)) == conv(x, reshape(L)) @ R over channels.
-        left = ops.reshape(kernel.left, kernel.shape[:-1] + (kernel.rank,))
-        y = keras.layers.Conv2D.convolution_op(self, inputs, left)
-        if self.data_format == "channels_last":
-            return ops.matmul(y, kernel.right)
-        y = ops.matmul(ops.moveaxis(y, 1, -1), kernel.right)
-        return ops.moveaxis(y, -1, 1)
-    return keras.layers.Conv2D.convolution_op(self, inputs, kernel)
-
-
 def factorized_class(original):
     """The factorized subclass of layer class `original` (cached)."""
     if issubclass(original, FactorizedLayer):
@@ -384,11 +284,11 @@ def factorized_class(original):
 
     @functools.wraps(original_build)
     def build(self, *args, **kwargs):
-        record = self.__dict__.get("_kr_record")
-        if record:
-            with weight_creator_scope(replay_creator(self, record)):
-                return original_build(self, *args, **kwargs)
-        return original_build(self, *args, **kwargs)
+        replay = _replaying(self)
+        if replay is None:
+            return original_build(self, *args, **kwargs)
+        with replay:
+            return original_build(self, *args, **kwargs)
 
     def get_config(self):
         return FactorizedLayer.get_config(self)
@@ -407,24 +307,11 @@ def factorized_class(original):
         "build": build,
         "get_config": get_config,
     }
-    if original.call is keras.layers.Dense.call:
-        namespace["call"] = _dense_call
-    elif original.call is keras.layers.Embedding.call:
-        namespace["call"] = _embedding_call
-    elif (
-        original.call is keras.layers.Conv2D.call
-        and original.convolution_op is keras.layers.Conv2D.convolution_op
-    ):
-        # Conv2D and Conv3D (Conv1D calls `ops.conv` itself).
-        namespace["convolution_op"] = _conv_op
+    namespace.update(_fast_paths.overrides(original))
     cls = type(original.__name__, (FactorizedLayer, original), namespace)
-    # Serialize every factorized class under the loader's name, then point
-    # that name back at the loader.
-    register = keras.saving.register_keras_serializable(
-        package=PACKAGE, name=LOADER_NAME
-    )
-    register(cls)
-    register(FactorizedLayer)
+    # Serialize every factorized class under the loader's name; the name
+    # itself stays registered to the loader.
+    _add_weight_hook.set_serialized_name(cls, f"{PACKAGE}>{LOADER_NAME}")
     _classes[original] = cls
     return cls
 

@@ -1,4 +1,4 @@
-"""Weights stored as two factors, and the SVD arithmetic behind them.
+"""Weights stored as two factors.
 
 `FactorizedWeight` is what a Keras layer receives from `add_weight` under
 `factorized_scope`: two trainable `keras.Variable`s `left` (m x r) and
@@ -8,14 +8,17 @@ layer tracks, trains and saves them), standing for the weight
 
 `FactorizedVariable` is the same idea for raw `tf.Variable`s created by
 `tf.Module` code: a `tf.Module` holding the two factor `tf.Variable`s.
+The two differ only where the objects they stand in for differ: a
+`keras.Variable` has a `value` property, a `tf.Variable` a `value()`
+method and a `tf.TensorShape`. Everything else (the tensor conversion,
+NumPy conversion, operators, truncated-SVD `assign`) is their shared base,
+`_Factorized`. The SVD arithmetic is in `keras_research/layers/_low_rank.py`.
 
 Both convert to a tensor (`__tf_tensor__`), so any code that uses the
 weight as a tensor (`ops.matmul(x, self.kernel)`, `tf.nn.conv2d`, ...)
 works unchanged and differentiates into the factors.
 """
 
-import math
-import numbers
 import warnings
 
 import keras
@@ -23,121 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-# Above this size `spectral_factors` uses a randomized SVD: an exact one of
-# a 4096 x 4096 initial kernel would take tens of seconds on a CPU.
-_EXACT_SVD_MAX_DIM = 512
-
-
-def validate_rank(rank, argument="rank"):
-    """Raises unless `rank` is an int >= 1 or a float in (0, 1]."""
-    if isinstance(rank, bool) or not isinstance(
-        rank, (numbers.Integral, numbers.Real)
-    ):
-        raise ValueError(
-            f"`{argument}` must be a positive integer or a float in (0, 1] "
-            f"(a fraction of the full rank). Received: {argument}={rank!r}"
-        )
-    if isinstance(rank, numbers.Integral):
-        if rank < 1:
-            raise ValueError(
-                f"`{argument}` must be a positive integer or a float in "
-                f"(0, 1] (a fraction of the full rank). "
-                f"Received: {argument}={rank}"
-            )
-        return int(rank)
-    rank = float(rank)
-    if not (0.0 < rank <= 1.0) or math.isnan(rank):
-        raise ValueError(
-            f"A float `{argument}` is a fraction of the full rank and must "
-            f"be in (0, 1]. Use an int for an absolute rank. "
-            f"Received: {argument}={rank}"
-        )
-    return rank
-
-
-def resolve_rank(rank, full_rank):
-    """The absolute rank for `rank` (int, or fraction of `full_rank`)."""
-    if isinstance(rank, float):
-        # Round half up: 0.25 of a full rank of 10 is 3.
-        return max(1, int(math.floor(rank * full_rank + 0.5)))
-    return int(rank)
-
-
-def matrix_shape(shape):
-    """The matrix view (prod(shape[:-1]), shape[-1]) of a weight shape."""
-    shape = tuple(int(d) for d in shape)
-    return int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]
-
-
-def svd(matrix):
-    """Exact thin SVD in float64: `(u, s, vt)`."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    return np.linalg.svd(matrix, full_matrices=False)
-
-
-def split_factors(u, s, vt, rank):
-    """Best rank-`rank` factors, singular values split evenly.
-
-    Returns `(left, right)` with `left = u_r sqrt(s_r)` and
-    `right = sqrt(s_r) vt_r`, so `left @ right` is the truncated SVD.
-    """
-    root = np.sqrt(s[:rank])
-    return u[:, :rank] * root, root[:, None] * vt[:rank]
-
-
-def relative_error(s, rank):
-    """||W - W_r||_F / ||W||_F from the singular values `s` of W."""
-    total = float(np.sum(np.square(s)))
-    if total == 0.0:
-        return 0.0
-    return math.sqrt(float(np.sum(np.square(s[rank:]))) / total)
-
-
-def energy_rank(s, energy):
-    """Smallest r with sum(s[:r]^2) >= energy * sum(s^2) (at least 1)."""
-    squares = np.square(np.asarray(s, dtype=np.float64))
-    total = squares.sum()
-    if total == 0.0:
-        return 1
-    kept = np.cumsum(squares) / total
-    # Tolerate float64 round-off at energy = 1.
-    return int(min(np.searchsorted(kept, energy - 1e-12) + 1, len(s)))
-
-
-def _top_svd(matrix, rank):
-    """Top-`rank` SVD; randomized (Halko et al. 2011) for big matrices."""
-    m, n = matrix.shape
-    k = min(m, n)
-    if k <= _EXACT_SVD_MAX_DIM or 2 * (rank + 16) >= k:
-        u, s, vt = svd(matrix)
-        return u[:, :rank], s[:rank], vt[:rank]
-    rng = np.random.default_rng(0)
-    y = matrix @ rng.standard_normal((n, rank + 16))
-    for _ in range(2):  # Power iterations sharpen the spectrum.
-        y, _ = np.linalg.qr(y)
-        y = matrix @ (matrix.T @ y)
-    q, _ = np.linalg.qr(y)
-    ub, s, vt = np.linalg.svd(q.T @ matrix, full_matrices=False)
-    return (q @ ub)[:, :rank], s[:rank], vt[:rank]
-
-
-def spectral_factors(full, rank):
-    """Factors of the best rank-`rank` approximation of `full` (m x n).
-
-    This is the "spectral initialization" of factorized layers (Khodak et
-    al., 2021, https://arxiv.org/abs/2105.01029): the factors start as the
-    truncated SVD of the weight the layer would have had. An all-zero
-    `full` (e.g. a zeros initializer) gives a random `left` and a zero
-    `right`, so the product starts at zero but still receives gradients.
-    """
-    full = np.asarray(full, dtype=np.float64)
-    m, n = full.shape
-    if not np.any(full):
-        limit = math.sqrt(3.0 / m)
-        left = np.random.default_rng(0).uniform(-limit, limit, (m, rank))
-        return left, np.zeros((rank, n))
-    u, s, vt = _top_svd(full, rank)
-    return split_factors(u, s, vt, rank)
+from keras_research.layers import _low_rank
 
 
 class SpectralInitializer:
@@ -158,9 +47,9 @@ class SpectralInitializer:
     def _compute(self):
         full = self.initializer(self.shape, dtype="float32")
         full = keras.ops.convert_to_numpy(full).reshape(
-            matrix_shape(self.shape)
+            _low_rank.matrix_shape(self.shape)
         )
-        return spectral_factors(full, self.rank)
+        return _low_rank.spectral_factors(full, self.rank)
 
     def set_factors(self, left, right):
         """Starts the factors from `left` and `right` instead."""
@@ -169,7 +58,12 @@ class SpectralInitializer:
     def factor_initializer(self, index):
         def initialize(shape, dtype=None):
             if self._factors is None:
-                self._factors = self._compute()
+                # Keras calls initializers of not-yet-initialized variables
+                # inside a functional trace, for a placeholder value: draw
+                # and factorize eagerly, once, for the trace and for the
+                # real initialization alike.
+                with tf.init_scope():
+                    self._factors = self._compute()
             value = self._factors[index]
             return tf.constant(value, dtype=dtype or "float32")
 
@@ -196,8 +90,97 @@ class ProductRegularizer(keras.regularizers.Regularizer):
         return {"regularizer": keras.regularizers.serialize(self.regularizer)}
 
 
-class FactorizedWeight(tf.Module):
-    """A layer weight stored as `left` (m x r) times `right` (r x n).
+class _Factorized(tf.Module):
+    """A weight stored as `left` (m x r) times `right` (r x n).
+
+    Subclasses define `product()`, the tensor `reshape(left @ right,
+    shape)`, and `_shape_tuple`.
+    """
+
+    # Make NumPy defer `array @ weight` and friends to our operators.
+    __array_priority__ = 100
+
+    def __init__(self, left, right, name=None):
+        super().__init__(name=name)
+        self.left = left
+        self.right = right
+
+    @property
+    def rank(self):
+        return int(self.left.shape[-1])
+
+    @property
+    def dtype(self):
+        return self.left.dtype
+
+    @property
+    def trainable(self):
+        return self.left.trainable
+
+    def numpy(self):
+        return keras.ops.convert_to_numpy(self.product())
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.numpy()
+        return value if dtype is None else value.astype(dtype)
+
+    def __tf_tensor__(self, dtype=None, name=None):
+        value = tf.convert_to_tensor(self.product())
+        if dtype is not None and value.dtype != dtype:
+            value = tf.cast(value, dtype)
+        return value
+
+    def assign(self, value):
+        """Sets the factors to the best rank-r approximation of `value`.
+
+        Warns with the relative reconstruction error when `value` is not
+        exactly of rank r.
+        """
+        value = np.asarray(keras.ops.convert_to_numpy(value))
+        shape = self._shape_tuple
+        if value.shape != shape:
+            raise ValueError(
+                f"Cannot assign a value of shape {value.shape} to the "
+                f"factorized weight {self._label!r} of shape {shape}."
+            )
+        left, right, error = _low_rank.truncated_factors(
+            value.reshape(_low_rank.matrix_shape(shape)), self.rank
+        )
+        if error > 1e-6:
+            warnings.warn(
+                f"Factorized weight {self._label!r} (rank {self.rank}) was "
+                f"assigned a full-rank value of shape {shape}; it keeps "
+                f"its best rank-{self.rank} approximation (truncated SVD), "
+                f"with relative reconstruction error "
+                f"||W - W_r|| / ||W|| = {error:.4g}.",
+                stacklevel=2,
+            )
+        self.left.assign(tf.cast(left, self.left.dtype))
+        self.right.assign(tf.cast(right, self.right.dtype))
+        return self
+
+    def _on_value(op):
+        def method(self, *args):
+            return op(self.product(), *args)
+
+        return method
+
+    __add__ = _on_value(lambda a, b: a + b)
+    __radd__ = _on_value(lambda a, b: b + a)
+    __sub__ = _on_value(lambda a, b: a - b)
+    __rsub__ = _on_value(lambda a, b: b - a)
+    __mul__ = _on_value(lambda a, b: a * b)
+    __rmul__ = _on_value(lambda a, b: b * a)
+    __truediv__ = _on_value(lambda a, b: a / b)
+    __matmul__ = _on_value(lambda a, b: ops.matmul(a, b))
+    __rmatmul__ = _on_value(lambda a, b: ops.matmul(b, a))
+    __neg__ = _on_value(lambda a: -a)
+    __getitem__ = _on_value(lambda a, index: a[index])
+    del _on_value
+
+
+class FactorizedWeight(_Factorized):
+    """A Keras layer weight stored as `left` (m x r) times `right` (r x n).
 
     Converts to the tensor `reshape(left @ right, shape)` wherever a tensor
     is expected, so layer code that uses the weight is unchanged; inside a
@@ -215,13 +198,8 @@ class FactorizedWeight(tf.Module):
         name: str, the weight's name as the layer asked for it.
     """
 
-    # Make NumPy defer `array @ weight` and friends to our operators.
-    __array_priority__ = 100
-
     def __init__(self, left, right, shape, name):
-        super().__init__()
-        self.left = left
-        self.right = right
+        super().__init__(left, right)
         self.shape = tuple(int(d) for d in shape)
         self._weight_name = name
 
@@ -230,86 +208,23 @@ class FactorizedWeight(tf.Module):
         return self._weight_name
 
     @property
-    def rank(self):
-        return int(self.left.shape[-1])
-
-    @property
-    def dtype(self):
-        return self.left.dtype
-
-    @property
-    def trainable(self):
-        return self.left.trainable
+    def _shape_tuple(self):
+        return self.shape
 
     @property
     def path(self):
         path = self.left.path
         return path[: -len("_left")] if path.endswith("_left") else path
 
+    _label = path
+
     @property
     def value(self):
         """The product `reshape(left @ right, shape)` as a tensor."""
+        return self.product()
+
+    def product(self):
         return ops.reshape(ops.matmul(self.left, self.right), self.shape)
-
-    def numpy(self):
-        return keras.ops.convert_to_numpy(self.value)
-
-    def __array__(self, dtype=None, copy=None):
-        value = self.numpy()
-        return value if dtype is None else value.astype(dtype)
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        value = tf.convert_to_tensor(self.value)
-        if dtype is not None and value.dtype != dtype:
-            value = tf.cast(value, dtype)
-        return value
-
-    def assign(self, value):
-        """Sets the factors to the best rank-r approximation of `value`.
-
-        Warns with the relative reconstruction error when `value` is not
-        exactly of rank r.
-        """
-        value = np.asarray(keras.ops.convert_to_numpy(value))
-        if value.shape != self.shape:
-            raise ValueError(
-                f"Cannot assign a value of shape {value.shape} to the "
-                f"factorized weight {self.path!r} of shape {self.shape}."
-            )
-        u, s, vt = svd(value.reshape(matrix_shape(self.shape)))
-        left, right = split_factors(u, s, vt, self.rank)
-        error = relative_error(s, self.rank)
-        if error > 1e-6:
-            warnings.warn(
-                f"Factorized weight {self.path!r} (rank {self.rank}) was "
-                f"assigned a full-rank value of shape {self.shape}; it keeps "
-                f"its best rank-{self.rank} approximation (truncated SVD), "
-                f"with relative reconstruction error "
-                f"||W - W_r|| / ||W|| = {error:.4g}.",
-                stacklevel=2,
-            )
-        self.left.assign(left.astype(np.float32))
-        self.right.assign(right.astype(np.float32))
-        return self
-
-    def _on_value(op):
-        def method(self, *args):
-            return op(self.value, *args)
-
-        return method
-
-    __add__ = _on_value(lambda a, b: a + b)
-    __radd__ = _on_value(lambda a, b: b + a)
-    __sub__ = _on_value(lambda a, b: a - b)
-    __rsub__ = _on_value(lambda a, b: b - a)
-    __mul__ = _on_value(lambda a, b: a * b)
-    __rmul__ = _on_value(lambda a, b: b * a)
-    __truediv__ = _on_value(lambda a, b: a / b)
-    __matmul__ = _on_value(lambda a, b: ops.matmul(a, b))
-    __rmatmul__ = _on_value(lambda a, b: ops.matmul(b, a))
-    __neg__ = _on_value(lambda a: -a)
-    __getitem__ = _on_value(lambda a, index: a[index])
-    del _on_value
 
     def __repr__(self):
         return (
@@ -318,7 +233,7 @@ class FactorizedWeight(tf.Module):
         )
 
 
-class FactorizedVariable(tf.Module):
+class FactorizedVariable(_Factorized):
     """A raw `tf.Variable` stored as two factor `tf.Variable`s.
 
     What `tf.Variable(...)` returns for a matrix created by `tf.Module`
@@ -329,12 +244,8 @@ class FactorizedVariable(tf.Module):
     in the enclosing module's `trainable_variables`.
     """
 
-    __array_priority__ = 100
-
     def __init__(self, left, right, shape, name=None):
-        super().__init__(name=name)
-        self.left = left
-        self.right = right
+        super().__init__(left, right, name=name)
         self._shape = tf.TensorShape(shape)
 
     @property
@@ -342,57 +253,15 @@ class FactorizedVariable(tf.Module):
         return self._shape
 
     @property
-    def dtype(self):
-        return self.left.dtype
+    def _shape_tuple(self):
+        return tuple(self._shape.as_list())
 
     @property
-    def rank(self):
-        return int(self.left.shape[-1])
+    def _label(self):
+        return self.name
 
-    @property
-    def trainable(self):
-        return self.left.trainable
-
-    def value(self):
+    def product(self):
         return tf.reshape(tf.matmul(self.left, self.right), self._shape)
 
-    read_value = value
-
-    def numpy(self):
-        return self.value().numpy()
-
-    def __tf_tensor__(self, dtype=None, name=None):
-        value = self.value()
-        if dtype is not None and value.dtype != dtype:
-            value = tf.cast(value, dtype)
-        return value
-
-    def __array__(self, dtype=None, copy=None):
-        value = self.numpy()
-        return value if dtype is None else value.astype(dtype)
-
-    def __matmul__(self, other):
-        return tf.matmul(self.value(), other)
-
-    def __rmatmul__(self, other):
-        return tf.matmul(other, self.value())
-
-    def __add__(self, other):
-        return self.value() + other
-
-    def __radd__(self, other):
-        return other + self.value()
-
-    def __mul__(self, other):
-        return self.value() * other
-
-    __rmul__ = __mul__
-
-    def assign(self, value):
-        """Sets the factors to the best rank-r approximation of `value`."""
-        value = np.asarray(value)
-        u, s, vt = svd(value.reshape(matrix_shape(self._shape.as_list())))
-        left, right = split_factors(u, s, vt, self.rank)
-        self.left.assign(tf.cast(left, self.left.dtype))
-        self.right.assign(tf.cast(right, self.right.dtype))
-        return self
+    value = product
+    read_value = product

@@ -3,73 +3,13 @@
 import keras
 import numpy as np
 
+from keras_research.layers import _low_rank
 from keras_research.scopes import _add_weight_hook, _factorized_layer
-from keras_research.scopes._factorized_weight import (
-    energy_rank,
-    matrix_shape,
-    relative_error,
-    resolve_rank,
-    split_factors,
-    svd,
-    validate_rank,
-)
-from keras_research.scopes.factorized_scope import (
-    DEFAULT_MIN_SIZE,
-    _is_float,
-    _validate_filter,
-    _validate_min_size,
-)
+from keras_research.scopes import _selection as sel
+from keras_research.scopes._selection import FactorizationReport
 from keras_research.scopes.weight_creator_scope import weight_creator_scope
 
-
-class FactorizationReport:
-    """What `factorize` did, one entry per factorized weight.
-
-    Each entry is a dict with keys `layer` (layer name), `weight` (weight
-    name), `path`, `shape`, `matrix_shape` ((m, n)), `rank`, `full_rank`,
-    `params_before` (m * n), `params_after` (r * (m + n)) and
-    `relative_error` (`||W - left @ right||_F / ||W||_F`). Iterate over
-    the report for the entries; `print(report)` shows them as a table.
-
-    Attributes:
-        entries: list of dicts, in the order the weights were created.
-        model_params_before: int, parameters of the original model.
-        model_params_after: int, parameters of the factorized model.
-    """
-
-    def __init__(self, entries, model_params_before, model_params_after):
-        self.entries = list(entries)
-        self.model_params_before = int(model_params_before)
-        self.model_params_after = int(model_params_after)
-
-    def __iter__(self):
-        return iter(self.entries)
-
-    def __len__(self):
-        return len(self.entries)
-
-    def __getitem__(self, index):
-        return self.entries[index]
-
-    def __str__(self):
-        header = (
-            f"{'weight':<40} {'shape':<18} {'rank':>5} {'before':>10} "
-            f"{'after':>10} {'rel. error':>10}"
-        )
-        lines = [header, "-" * len(header)]
-        for e in self.entries:
-            lines.append(
-                f"{e['path']:<40} {str(e['shape']):<18} {e['rank']:>5} "
-                f"{e['params_before']:>10} {e['params_after']:>10} "
-                f"{e['relative_error']:>10.4g}"
-            )
-        lines.append(
-            f"model parameters: {self.model_params_before} -> "
-            f"{self.model_params_after}"
-        )
-        return "\n".join(lines)
-
-    __repr__ = __str__
+__all__ = ["FactorizationReport", "factorize"]
 
 
 def _container_names(model):
@@ -113,7 +53,13 @@ def _validate_energy(energy):
 
 
 def factorize(
-    model, rank=None, *, energy=None, filter=None, min_size=DEFAULT_MIN_SIZE
+    model,
+    rank=None,
+    *,
+    energy=None,
+    filter=None,
+    min_size=sel.DEFAULT_MIN_SIZE,
+    min_dim=None,
 ):
     """Compresses a trained model by truncated SVD of its weights.
 
@@ -132,8 +78,12 @@ def factorize(
 
     Weights are selected as in `factorized_scope`: trainable
     floating-point weights of rank >= 2 without a constraint; without a
-    `filter`, those with at least `min_size` elements whose factors hold
-    fewer parameters than the weight; with a `filter`, those it accepts.
+    `filter`, those with at least `min_size` elements and a smaller side
+    of at least `min_dim` whose factors hold fewer parameters than the
+    weight; with a `filter`, those it accepts. The report says why each
+    other matrix weight was copied at full rank, and a call that
+    factorizes nothing (e.g. `energy=0.9` on weights whose spectrum is
+    flat, so no rank saves parameters) warns and says why.
 
     Args:
         model: a built `keras.Model`.
@@ -146,6 +96,10 @@ def factorize(
             new model (same class, name and config as the original).
         min_size: int. Without a `filter`, weights with fewer elements are
             copied as they are. Defaults to `4096`.
+        min_dim: int. Without a `filter`, weights whose matrix view has a
+            smaller side below it are copied as they are. Defaults to
+            `None`: `isqrt(min_size) // 2` (32 with the default
+            `min_size`).
 
     Returns:
         `(new_model, report)`, where `report` is a `FactorizationReport`.
@@ -153,7 +107,7 @@ def factorize(
     Raises:
         ValueError: if `model` is not a built `keras.Model`, if neither or
             both of `rank` and `energy` are given, on a bad `rank`,
-            `energy`, `min_size` or `filter`.
+            `energy`, `min_size`, `min_dim` or `filter`.
 
     Example:
 
@@ -162,6 +116,8 @@ def factorize(
     >>> import keras_research
     >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64)])
     >>> small, report = keras_research.factorize(model, rank=8)
+    >>> report.summary()
+    'factorized 1 of 1 matrix weights (4096 -> 1024 parameters)'
     >>> [tuple(w.shape) for w in small.weights]
     [(64, 8), (8, 64), (64,)]
     >>> report[0]["params_before"], report[0]["params_after"]
@@ -183,10 +139,11 @@ def factorize(
             f"Received: rank={rank!r}, energy={energy!r}"
         )
     if rank is not None:
-        rank = validate_rank(rank)
+        rank = _low_rank.validate_rank(rank)
     energy = _validate_energy(energy)
-    filter = _validate_filter(filter)
-    min_size = _validate_min_size(min_size)
+    filter = sel.validate_filter(filter)
+    min_size = sel.validate_min_size(min_size)
+    min_dim = sel.validate_min_dim(min_dim, min_size)
 
     containers = _container_names(model)
     originals = {}
@@ -199,68 +156,65 @@ def factorize(
                 "give its layers unique names to factorize it."
             )
         originals[key] = variable
-    entries = []
+    report = FactorizationReport()
     factorized_paths = set()
+
+    def decide(path, shape, layer, name, original):
+        """`(rank, left, right, error)`, or None (reported) to copy."""
+        if energy is None or filter is not None:
+            r, reason = sel.choose_rank(
+                rank or 1.0, shape, min_size, min_dim, filter, layer, name
+            )
+        else:
+            r, reason = None, sel.size_reason(shape, min_size, min_dim)
+        if reason:
+            report.skip(path, shape, reason)
+            return None
+        m, n = _low_rank.matrix_shape(shape)
+        value = keras.ops.convert_to_numpy(original.value).reshape(m, n)
+        u, s, vt = _low_rank.svd(value)
+        if energy is not None:
+            r = _low_rank.energy_rank(s, energy)
+            reason = filter is None and sel.savings_reason(r, shape)
+            if reason:
+                report.skip(path, shape, f"energy={energy} needs {reason}")
+                return None
+        r = min(r, m, n)
+        left, right = _low_rank.split_factors(u, s, vt, r)
+        return r, left, right, _low_rank.relative_error(s, r)
 
     def creator(next_creator, **kwargs):
         layer = kwargs["layer"]
         name = kwargs.get("name") or "variable"
         shape = kwargs.get("shape")
-        dtype = kwargs.get("dtype") or layer.variable_dtype
+        if (
+            _factorized_layer.creating_factors()
+            or not sel.is_matrix(shape)
+            or getattr(layer, "_kr_skip_factorization", False)
+        ):
+            return next_creator(**kwargs)
         path = _normalize(
             _add_weight_hook.variable_path(layer, name), containers
         )
         original = originals.get(path)
-        if (
-            _factorized_layer.creating_factors()
-            or original is None
-            or shape is None
-            or len(shape) < 2
-            or not kwargs.get("trainable", True)
-            or kwargs.get("constraint") is not None
-            or not _is_float(dtype)
-            or getattr(layer, "_kr_skip_factorization", False)
-        ):
+        if original is None:
             return next_creator(**kwargs)
         shape = tuple(int(d) for d in shape)
-        m, n = matrix_shape(shape)
-        full_rank = min(m, n)
-        if full_rank < 2:
+        dtype = kwargs.get("dtype") or layer.variable_dtype
+        reason = sel.excluded(kwargs, dtype)
+        if reason:
+            report.skip(path, shape, reason)
             return next_creator(**kwargs)
-        if filter is not None:
-            if not filter(layer, name, shape):
-                return next_creator(**kwargs)
-        elif m * n < min_size:
+        decision = decide(path, shape, layer, name, original)
+        if decision is None:
             return next_creator(**kwargs)
-        value = keras.ops.convert_to_numpy(original.value).reshape(m, n)
-        u, s, vt = svd(value)
-        if energy is not None:
-            r = energy_rank(s, energy)
-        else:
-            r = min(resolve_rank(rank, full_rank), full_rank)
-        if filter is None and r * (m + n) >= m * n:
-            return next_creator(**kwargs)
-        left, right = split_factors(u, s, vt, r)
-        chain = _factorized_layer.creation_chain(layer)
-        root = _factorized_layer.record_root(chain)
-        key = _factorized_layer.relative_key(chain, root, name)
+        r, left, right, error = decision
         weight = _factorized_layer.make_factorized(
-            next_creator, kwargs, r, root, key, initial_factors=(left, right)
+            next_creator, kwargs, r, initial_factors=(left, right)
         )
         factorized_paths.add(path)
-        entries.append(
-            {
-                "layer": layer.name,
-                "weight": name,
-                "path": path,
-                "shape": shape,
-                "matrix_shape": (m, n),
-                "rank": int(r),
-                "full_rank": int(full_rank),
-                "params_before": int(m * n),
-                "params_after": int(r * (m + n)),
-                "relative_error": relative_error(s, r),
-            }
+        report.add(
+            path, shape, r, layer=layer.name, weight=name, error=error
         )
         return weight
 
@@ -291,7 +245,7 @@ def factorize(
             f"rebuilt one (the model does not rebuild deterministically "
             f"from its config): {sorted(missing)}"
         )
-    report = FactorizationReport(
-        entries, model.count_params(), new_model.count_params()
-    )
+    report.model_params_before = int(model.count_params())
+    report.model_params_after = int(new_model.count_params())
+    report.warn_if_empty("factorize")
     return new_model, report

@@ -1,66 +1,29 @@
 """`factorized_scope`: build any Keras layer with low-rank weights."""
 
-import numpy as np
 import tensorflow as tf
 
+from keras_research.layers import _low_rank
 from keras_research.scopes import _add_weight_hook, _factorized_layer
+from keras_research.scopes import _selection as sel
 from keras_research.scopes import weight_creator_scope as _wcs
-from keras_research.scopes._factorized_weight import (
-    FactorizedVariable,
-    matrix_shape,
-    resolve_rank,
-    spectral_factors,
-    validate_rank,
-)
+from keras_research.scopes._factorized_weight import FactorizedVariable
 
-DEFAULT_MIN_SIZE = 4096
+DEFAULT_MIN_SIZE = sel.DEFAULT_MIN_SIZE
 
 
-def _validate_min_size(min_size):
-    if (
-        isinstance(min_size, bool)
-        or not isinstance(min_size, (int, np.integer))
-        or min_size < 0
-    ):
-        raise ValueError(
-            "`min_size` must be a non-negative integer (the smallest number "
-            f"of elements of a weight to factorize). Received: "
-            f"min_size={min_size!r}"
-        )
-    return int(min_size)
-
-
-def _validate_filter(filter):
-    if filter is not None and not callable(filter):
-        raise ValueError(
-            "`filter` must be None or a callable "
-            "`filter(layer, name, shape) -> bool`. "
-            f"Received: filter={filter!r}"
-        )
-    return filter
-
-
-def choose_rank(rank, shape, min_size, filter, layer, name):
+def choose_rank(rank, shape, min_size, filter, layer, name, min_dim=None):
     """The rank to factorize a weight at, or None to leave it full.
 
-    A weight qualifies if it has at least two dimensions and its matrix
-    view (prod(shape[:-1]) x shape[-1]) has full rank > 1. Without a
-    `filter`, it must also have at least `min_size` elements and the
-    factors must hold fewer parameters than the weight. With a `filter`,
-    the filter alone decides, and the rank is capped at the full rank.
+    The scope's default policy (see `_selection.py`) for a weight of
+    `shape`; `min_dim=None` derives it from `min_size` as the scope does.
     """
-    if shape is None or len(shape) < 2 or any(d is None for d in shape):
+    if not sel.is_matrix(shape):
         return None
-    m, n = matrix_shape(shape)
-    full_rank = min(m, n)
-    if full_rank < 2:
-        return None
-    r = min(resolve_rank(rank, full_rank), full_rank)
-    if filter is not None:
-        return r if filter(layer, name, tuple(shape)) else None
-    if m * n < min_size or r * (m + n) >= m * n:
-        return None
-    return r
+    min_dim = sel.validate_min_dim(min_dim, min_size)
+    rank, _ = sel.choose_rank(
+        rank, shape, min_size, min_dim, filter, layer, name
+    )
+    return rank
 
 
 class factorized_scope:
@@ -81,9 +44,16 @@ class factorized_scope:
     non-trainable ones, and weights with a `constraint`, which cannot be
     imposed on a product) are created normally.
 
-    A weight qualifies when its factors hold fewer parameters than it
-    (r * (m + n) < m * n) and it has at least `min_size` elements; a
-    `filter` replaces both tests with its own choice.
+    Which weights: a weight qualifies when it has at least `min_size`
+    elements, its smaller side min(m, n) is at least `min_dim` (thin
+    weights, such as a 1600 x 10 classifier head or a 2 -> 3136 decoder
+    bottleneck, keep full rank: at low rank they lose much and save
+    little), and its factors hold fewer parameters than it
+    (r * (m + n) < m * n). A `filter` replaces these tests with its own
+    choice. `scope.report` (a `FactorizationReport`) lists each weight
+    factorized and why each other matrix weight kept full rank;
+    `scope.report.summary()` says it in one line. A scope that factorizes
+    nothing warns and says why.
 
     The factors start as the truncated SVD of a sample of the layer's own
     initializer ("spectral initialization", Khodak et al., 2021), so the
@@ -109,10 +79,13 @@ class factorized_scope:
     (`load_weights` of the unfactorized model's `.weights.h5`) into a
     factorized model is supported: each factorized weight takes the
     truncated SVD of the stored kernel, with a warning that states the
-    relative reconstruction error. Models that re-create their layers from
-    hyperparameters in `__init__` (KerasHub backbones, subclassed models)
-    do not record the factorization in their config: load their `.keras`
-    file inside the same `factorized_scope`.
+    relative reconstruction error. Custom layers and subclassed models
+    that create their sublayers in `__init__` record the factorization
+    too (an auto-named sublayer by the attribute that holds it) and load
+    with no scope. Models that build their whole functional graph in
+    `__init__` from hyperparameters (KerasHub backbones) do not record it
+    in their config: load their `.keras` file inside the same
+    `factorized_scope`.
 
     Args:
         rank: int >= 1, the rank of every factorized weight, or float in
@@ -120,6 +93,10 @@ class factorized_scope:
             (rounded, at least 1).
         min_size: int. Weights with fewer elements are left alone.
             Defaults to `4096`. Ignored when `filter` is given.
+        min_dim: int. Weights whose matrix view has a smaller side below
+            it keep full rank. Defaults to `None`: `isqrt(min_size) // 2`,
+            i.e. 32 with the default `min_size`, 0 with `min_size=0`.
+            Ignored when `filter` is given.
         filter: optional callable `filter(layer, name, shape) -> bool`
             choosing the weights to factorize (weights that are not
             matrix-shaped, not trainable, not floating point or
@@ -128,19 +105,21 @@ class factorized_scope:
 
     Raises:
         ValueError: on a `rank` that is not an int >= 1 or a float in
-            (0, 1], a negative `min_size`, or a `filter` that is not
-            callable.
+            (0, 1], a negative `min_size` or `min_dim`, or a `filter` that
+            is not callable.
 
     Example:
 
     >>> import keras
     >>> import keras_research
-    >>> with keras_research.factorized_scope(rank=8):
+    >>> with keras_research.factorized_scope(rank=8) as scope:
     ...     inputs = keras.Input((64,))
     ...     outputs = keras.layers.Dense(128)(inputs)
     ...     model = keras.Model(inputs, outputs)
     >>> [tuple(w.shape) for w in model.weights]
     [(64, 8), (8, 128), (128,)]
+    >>> scope.report.summary()
+    'factorized 1 of 1 matrix weights (8192 -> 1536 parameters)'
 
     References:
         - [Khodak et al., 2021. Initialization and Regularization of
@@ -148,41 +127,53 @@ class factorized_scope:
         - [Lan et al., 2019. ALBERT](https://arxiv.org/abs/1909.11942)
     """
 
-    def __init__(self, rank, *, min_size=DEFAULT_MIN_SIZE, filter=None):
-        self.rank = validate_rank(rank)
-        self.min_size = _validate_min_size(min_size)
-        self.filter = _validate_filter(filter)
+    def __init__(
+        self, rank, *, min_size=DEFAULT_MIN_SIZE, min_dim=None, filter=None
+    ):
+        self.rank = _low_rank.validate_rank(rank)
+        self.min_size = sel.validate_min_size(min_size)
+        self.min_dim = sel.validate_min_dim(min_dim, self.min_size)
+        self.filter = sel.validate_filter(filter)
+        self.report = sel.FactorizationReport()
         self._scopes = []
+
+    def _decide(self, shape, layer, name, path):
+        """The rank for a candidate weight, recorded in the report."""
+        rank, reason = sel.choose_rank(
+            self.rank, shape, self.min_size, self.min_dim, self.filter,
+            layer, name,
+        )
+        if rank is None:
+            self.report.skip(path, shape, reason)
+        else:
+            self.report.add(
+                path, shape, rank,
+                layer=None if layer is None else layer.name, weight=name,
+            )
+        return rank
 
     def _keras_creator(self, next_creator, **kwargs):
         layer = kwargs["layer"]
-        dtype = kwargs.get("dtype") or layer.variable_dtype
-        if (
-            _factorized_layer.creating_factors()
-            or getattr(layer, "_kr_skip_factorization", False)
-            or not kwargs.get("trainable", True)
-            or kwargs.get("constraint") is not None
-            or not _is_float(dtype)
-        ):
+        shape = kwargs.get("shape")
+        if _factorized_layer.creating_factors() or not sel.is_matrix(shape):
             return next_creator(**kwargs)
         name = kwargs.get("name") or "variable"
-        shape = kwargs.get("shape")
-        rank = choose_rank(
-            self.rank,
-            None if shape is None else tuple(shape),
-            self.min_size,
-            self.filter,
-            layer,
-            name,
-        )
+        shape = tuple(int(d) for d in shape)
+        path = _add_weight_hook.variable_path(layer, name)
+        if getattr(layer, "_kr_skip_factorization", False):
+            self.report.skip(
+                path, shape, f"{type(layer).__name__} is already factorized"
+            )
+            return next_creator(**kwargs)
+        dtype = kwargs.get("dtype") or layer.variable_dtype
+        reason = sel.excluded(kwargs, dtype)
+        if reason:
+            self.report.skip(path, shape, reason)
+            return next_creator(**kwargs)
+        rank = self._decide(shape, layer, name, path)
         if rank is None:
             return next_creator(**kwargs)
-        chain = _factorized_layer.creation_chain(layer)
-        root = _factorized_layer.record_root(chain)
-        key = _factorized_layer.relative_key(chain, root, name)
-        return _factorized_layer.make_factorized(
-            next_creator, kwargs, rank, root, key
-        )
+        return _factorized_layer.make_factorized(next_creator, kwargs, rank)
 
     def _tf_creator(self, next_creator, **kwargs):
         initial_value = kwargs.get("initial_value")
@@ -200,16 +191,14 @@ class factorized_scope:
             return next_creator(**kwargs)
         value = tf.convert_to_tensor(initial_value, dtype=kwargs.get("dtype"))
         shape = tuple(value.shape)
-        if not value.dtype.is_floating or None in shape:
+        if not value.dtype.is_floating or not sel.is_matrix(shape):
             return next_creator(**kwargs)
         name = kwargs.get("name") or "Variable"
-        rank = choose_rank(
-            self.rank, shape, self.min_size, self.filter, None, name
-        )
+        rank = self._decide(shape, None, name, name)
         if rank is None:
             return next_creator(**kwargs)
-        full = value.numpy().reshape(matrix_shape(shape))
-        left, right = spectral_factors(full, rank)
+        full = value.numpy().reshape(_low_rank.matrix_shape(shape))
+        left, right = _low_rank.spectral_factors(full, rank)
         common = {
             k: v
             for k, v in kwargs.items()
@@ -228,6 +217,8 @@ class factorized_scope:
         return FactorizedVariable(left, right, shape, name=name)
 
     def __enter__(self):
+        if not self._scopes:
+            self.report = sel.FactorizationReport()
         keras_scope = _wcs.weight_creator_scope(self._keras_creator)
         tf_scope = tf.variable_creator_scope(self._tf_creator)
         keras_scope.__enter__()
@@ -245,11 +236,6 @@ class factorized_scope:
             tf_scope.__exit__(*exc_info)
         finally:
             keras_scope.__exit__(*exc_info)
-        return False
-
-
-def _is_float(dtype):
-    try:
-        return tf.as_dtype(dtype).is_floating
-    except TypeError:
+        if not self._scopes and exc_info[0] is None:
+            self.report.warn_if_empty("factorized_scope")
         return False

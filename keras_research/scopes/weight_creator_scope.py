@@ -93,8 +93,10 @@ class weight_creator_scope:
 
     Implementation note: Keras 3 has no public hook for this, so while at
     least one scope is active (in any thread) `keras.layers.Layer.add_weight`
-    is replaced by a thin dispatcher; the original is restored when the last
-    scope exits. Threads with no active scope go straight to the original.
+    is a thin dispatcher wrapping the `add_weight` that was current when the
+    first scope opened (Keras's own, or another library's wrapper); that
+    function is put back when the last scope exits. Importing keras_research
+    changes nothing. Threads with no active scope go straight through.
 
     Args:
         creator: callable `creator(next_creator, **kwargs)` returning the

@@ -49,7 +49,9 @@ def test_exact_values_against_numpy():
     layer.set_weights([left, right, bias])
     expected = np.tanh(x @ left @ right + bias)
     np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(layer.kernel, left @ right, rtol=1e-6)
+    np.testing.assert_allclose(
+        layer.kernel, left @ right, rtol=1e-6, atol=1e-6
+    )
     assert [tuple(w.shape) for w in layer.weights] == [(6, 2), (2, 7), (7,)]
     assert layer.count_params() == 6 * 2 + 2 * 7 + 7
 

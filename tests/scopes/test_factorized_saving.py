@@ -238,3 +238,36 @@ def test_layers_that_rebuild_their_sublayers(factory):
     assert any(w.path.endswith("kernel_left") for w in model.weights)
     x = np.random.default_rng(0).normal(size=(2, 5, 32)).astype("float32")
     run_model_saving_test(model, x)
+
+
+@keras.saving.register_keras_serializable(package="keras_research_tests")
+class TwoDenseModel(keras.Model):
+    """A subclassed model: sublayers made in `__init__`, used in `call`."""
+
+    def __init__(self, units=64, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.hidden = keras.layers.Dense(units, activation="relu")
+        self.out = keras.layers.Dense(units)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_subclassed_model_loads_without_a_scope(tmp_path):
+    """Keras builds it by tracing `call`; the record is replayed then."""
+    x = np.random.default_rng(0).normal(size=(3, 64)).astype("float32")
+    with keras_research.factorized_scope(rank=8, min_size=0):
+        model = TwoDenseModel()
+        model(x)
+    path = tmp_path / "subclassed.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert [tuple(w.shape) for w in loaded.weights] == [
+        (64, 8), (8, 64), (64,), (64, 8), (8, 64), (64,)
+    ]
+    np.testing.assert_array_equal(loaded(x), model(x))
+    assert not loaded.__dict__["_kr_pending"]
