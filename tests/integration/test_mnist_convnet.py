@@ -24,7 +24,7 @@ def convnet(activation="relu"):
     return keras.Sequential(
         [
             keras.Input(shape=INPUT_SHAPE),
-            layers.Conv2D(32, kernel_size=(3, 3), activation=activation),
+            layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
             layers.MaxPooling2D(pool_size=(2, 2)),
             layers.Conv2D(64, kernel_size=(3, 3), activation=activation),
             layers.MaxPooling2D(pool_size=(2, 2)),

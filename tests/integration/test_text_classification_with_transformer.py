@@ -12,7 +12,6 @@ import pytest
 from keras import layers
 
 import keras_research
-from keras_research.callbacks import JacobianRegularizer
 from tests.integration._helpers import compile_and_fit, factorized
 from tests.integration._keras_io_layers import (
     TokenAndPositionEmbedding,
@@ -51,7 +50,9 @@ def transformer_classifier(activation="relu"):
     return keras.Model(inputs=inputs, outputs=outputs)
 
 
-def test_transformer_with_adam_activation_and_jacobian(save_and_reload):
+def test_transformer_with_adam_and_activation(save_and_reload):
+    # (JacobianRegularizer with `wrt=` a layer's output is exercised on the
+    # text CNN, the same swap; its trace through attention costs ~10 s.)
     x, y = _data()
     model = transformer_classifier(activation="keras_research>gelu_tanh")
     block = model.layers[2]
@@ -59,16 +60,7 @@ def test_transformer_with_adam_activation_and_jacobian(save_and_reload):
     assert block.ffn.layers[0].activation is (
         keras_research.activations.gelu_tanh
     )
-    history = compile_and_fit(
-        model,
-        x,
-        y,
-        "sparse_categorical_crossentropy",
-        callbacks=[
-            JacobianRegularizer(0.01, wrt="token_and_position_embedding")
-        ],
-    )
-    assert np.all(np.isfinite(history.history["jacobian_norm"]))
+    compile_and_fit(model, x, y, "sparse_categorical_crossentropy")
     save_and_reload(model, x, "transformer")
 
 
@@ -77,11 +69,12 @@ def test_transformer_with_adam_activation_and_jacobian(save_and_reload):
     "config, and the custom layers' sublayers get new automatic names",
     strict=False,
 )
-def test_transformer_factorized_after_training(save_and_reload):
-    x, y = _data()
+def test_transformer_factorized_post_hoc(save_and_reload):
+    x, _ = _data()
     model = transformer_classifier()
-    compile_and_fit(model, x, y, "sparse_categorical_crossentropy")
-    compressed, report = keras_research.factorize(model, energy=0.9)
+    # Random weights keep ~90% of their rank at energy=0.9 (nothing would
+    # be factorized): a fixed rank makes sure something is.
+    compressed, report = keras_research.factorize(model, rank=0.25)
     assert factorized(compressed), str(report)
     save_and_reload(compressed, x, "transformer_factorized")
 
