@@ -34,7 +34,14 @@ def _seed_and_policy():
     # base, and TensorFlow's collective executor remembers each key for the
     # life of the process: a second strategy in the same process can reuse a
     # key with other shapes ("Shape mismatch in the collective instance").
-    # TensorFlow's own tests move the base for each strategy; so do we.
+    # TensorFlow's own tests move the base for each strategy the same way
+    # (tensorflow/python/distribute/strategy_combinations.py,
+    # `_mirrored_strategy_with_collective_key_base`). There is no public
+    # alternative that keeps the collective all-reduce users get by default:
+    # `cross_device_ops=tf.distribute.ReductionToOneDevice()` would test
+    # another code path, and resetting the eager context is private too. A
+    # private class attribute (present in TF 2.16-2.21): if TensorFlow drops
+    # it, this line fails every test loudly rather than letting keys clash.
     tf.distribute.MirroredStrategy._collective_key_base += 100000
     keras.utils.set_random_seed(1234)
     policy = keras.config.dtype_policy()

@@ -3,7 +3,10 @@
 Each public name here is a `FusedActivation` registered under
 `keras_research>name`, so models using it save and load with
 `safe_mode=True`. The unfused, op-by-op TensorFlow function is available as
-`.function` (for example `gelu_tanh.function`) for comparison.
+`.function` (for example `gelu_tanh.function`) for comparison. Keras also
+resolves each by that name as a string: `activation="keras_research>mish"`,
+`keras.layers.Activation("keras_research>mish")`,
+`keras.activations.get("keras_research>mish")`.
 """
 
 import math
@@ -11,13 +14,18 @@ import math
 import tensorflow as tf
 
 from keras_research._export import register
+from keras_research.activations import _activation_names
 from keras_research.activations.fused_activation import fused
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 # Beyond this |x| the tanh in `gelu_tanh` is exactly +-1 in every float
 # dtype; clipping its argument there keeps `x**3` (and its gradient) finite
-# in float16, where 1e4**3 overflows.
+# in float16, where 1e4**3 overflows. The clip is a `tf.where` on `|x| > 10`
+# rather than `tf.clip_by_value`: XLA before TF 2.21 maps NaN to a finite
+# value in the `clamp` that `clip_by_value` compiles to, which made the
+# fused gradient at NaN 0.0. A comparison with NaN is false, so `tf.where`
+# passes NaN (and its gradient) through on every version.
 _GELU_CLIP = 10.0
 
 
@@ -31,7 +39,7 @@ def gelu_tanh(x):
     The approximation used by BERT and GPT-2. For `|x| > 10` the tanh is
     exactly +-1 in every float dtype, so its argument is computed from `x`
     clipped to [-10, 10]: the result is unchanged and the cube cannot
-    overflow in float16.
+    overflow in float16. NaN propagates to the value and the gradient.
 
     Args:
         x: floating-point tensor.
@@ -48,7 +56,7 @@ def gelu_tanh(x):
     References:
         - [Hendrycks and Gimpel, 2016](https://arxiv.org/abs/1606.08415)
     """
-    xc = tf.clip_by_value(x, -_GELU_CLIP, _GELU_CLIP)
+    xc = tf.where(tf.abs(x) > _GELU_CLIP, tf.sign(x) * _GELU_CLIP, x)
     inner = _SQRT_2_OVER_PI * (xc + 0.044715 * xc * xc * xc)
     return 0.5 * x * (1.0 + tf.tanh(inner))
 
@@ -186,3 +194,10 @@ def silu_softplus_tanh_squared(x):
         + 0.1 * tf.math.log1p(tf.exp(-tf.abs(x)))
         - tf.square(tf.tanh(x))
     )
+
+
+# `keras.activations.get("keras_research>gelu_tanh")` and
+# `keras.layers.Activation("keras_research>gelu_tanh")` find these by name.
+_activation_names.add_names(
+    [gelu_tanh, mish, silu, silu_softplus_tanh_squared, snake]
+)

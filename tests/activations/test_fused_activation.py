@@ -266,6 +266,20 @@ _ELEMENTWISE = {
 }  # fmt: skip
 
 
+# The optimized-HLO structure asserted below is that of TF 2.21's XLA. Older
+# XLA (TF <= 2.20; checked on 2.16) compiles the same programs with the same
+# results but a different structure: it emits `tanh` as an instruction of its
+# own next to the loop fusions, and wraps a fusion in a `call` to a
+# `parallel_fusion` computation (its CPU parallel-task assignment). The
+# graph-level checks (one XLA call, one multiply outside it) hold everywhere.
+_TF_VERSION = tuple(int(v) for v in tf.__version__.split(".")[:2])
+_needs_tf_2_21_xla = pytest.mark.skipif(
+    _TF_VERSION < (2, 21),
+    reason="HLO structure of TF 2.21's XLA; older XLA emits tanh outside "
+    "the fusion or a call (results are the same)",
+)
+
+
 def _entry_instructions(hlo):
     entry = hlo[hlo.index("\nENTRY") :]
     body = entry[entry.index("{") + 1 : entry.index("\n}")]
@@ -310,6 +324,9 @@ def test_backward_pass_is_one_multiply_after_one_fused_kernel():
     assert len(calls) == 1, types_
     assert calls[0].get_attr("_XlaMustCompile") is True
 
+
+@_needs_tf_2_21_xla
+def test_forward_kernel_is_a_few_loop_fusions():
     x = tf.random.normal([128, 64])
     ir = odd._value_and_derivative.experimental_get_compiler_ir(x)
     unfused_ops = _entry_instructions(ir(stage="hlo"))
@@ -339,6 +356,10 @@ def test_recomputing_backward_pass_is_one_xla_call_of_one_fusion():
     for op in calls:
         assert op.get_attr("_XlaMustCompile") is True
 
+
+@_needs_tf_2_21_xla
+def test_recomputing_passes_are_one_fusion_each():
+    activation = fused(odd_tf, elementwise=False)
     x = tf.random.normal([128, 64])
     for compiled, args in [
         (activation._backward, (x, x)),
@@ -358,6 +379,18 @@ def test_second_derivative_is_one_xla_call():
     types_ = [op.type for op in ops]
     # The first derivative's one multiply; the second is compiled.
     assert [t for t in types_ if t in _ELEMENTWISE] == ["Mul"], types_
+    calls = [
+        op
+        for op in ops
+        if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+    ]
+    assert calls and all(
+        op.get_attr("_XlaMustCompile") is True for op in calls
+    ), types_
+
+
+@_needs_tf_2_21_xla
+def test_second_derivative_kernel_is_a_few_loop_fusions():
     x = tf.random.normal([256])
     ir = odd._backward_of_backward.experimental_get_compiler_ir(x, x, x)
     unfused_ops = _entry_instructions(ir(stage="hlo"))

@@ -7,6 +7,10 @@ import tensorflow as tf
 
 import keras_research
 from keras_research import activations as A
+from keras_research.activations import (
+    fused_activation,
+    research_activations,
+)
 
 
 def _sigmoid(x):
@@ -199,6 +203,29 @@ def test_nan_propagates_and_inf_matches_tensorflow(name):
     np.testing.assert_allclose(y, y0, rtol=1e-6, equal_nan=True)
 
 
+def test_gelu_tanh_nan_gradient_does_not_depend_on_clamp(monkeypatch):
+    # XLA before TF 2.21 compiles `tf.clip_by_value` to a `clamp` that maps
+    # NaN to a finite value, which made the fused gradient at NaN 0.0. Any
+    # clip written with `tf.clip_by_value` behaves so here too, on every TF.
+    def old_xla_clip(t, lo, hi, name=None):
+        clipped = tf.minimum(tf.maximum(t, lo), hi)
+        return tf.where(tf.math.is_nan(t), tf.cast(lo, t.dtype), clipped)
+
+    monkeypatch.setattr(tf, "clip_by_value", old_xla_clip)
+    # A fresh instance traces `gelu_tanh`'s function under the patch.
+    activation = A.FusedActivation(A.gelu_tanh.function)
+    x = tf.constant([np.nan, 0.5, -20.0, 20.0], "float32")
+    y, g, h = _value_grad_second(activation, x)
+    assert np.isnan(y[0]) and np.isnan(g[0]) and np.isnan(h[0])
+    np.testing.assert_allclose(y[1:], gelu_tanh_np(X_FINITE), rtol=1e-6)
+    np.testing.assert_allclose(
+        g[1:], gelu_tanh_grad_np(X_FINITE), rtol=1e-5, atol=1e-7
+    )
+
+
+X_FINITE = np.array([0.5, -20.0, 20.0])
+
+
 def test_models_with_every_activation_save_and_load(tmp_path):
     inputs = keras.Input((6,))
     h = inputs
@@ -216,5 +243,16 @@ def test_models_with_every_activation_save_and_load(tmp_path):
 
 def test_exported_from_package():
     assert keras_research.activations.gelu_tanh is A.gelu_tanh
-    for name in A.__all__:
-        assert getattr(A, name) is not None
+    defined = {
+        name
+        for name, value in vars(research_activations).items()
+        if isinstance(value, fused_activation.FusedActivation)
+    }
+    # Every ready activation is tested here (CASES) and exported, and the
+    # package exports nothing else but the decorator and its class.
+    assert defined == set(CASES)
+    assert set(A.__all__) == defined | {"FusedActivation", "fused"}
+    assert A.fused is fused_activation.fused
+    assert A.FusedActivation is fused_activation.FusedActivation
+    for name in defined:
+        assert getattr(A, name) is getattr(research_activations, name)
