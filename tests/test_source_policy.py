@@ -147,10 +147,7 @@ def test_sorting_check_catches_an_unsorted_list():
 # Known violations being fixed on other branches: each entry is
 # (importing module, imported private module). The list is emptied when
 # those branches are merged; never add to it.
-CROSS_AREA_ALLOWED = {
-    # The SVD helpers move to one factorization-math module (issue 14.2).
-    ("layers/factorized_dense.py", "scopes/_factorized_weight.py"),
-}
+CROSS_AREA_ALLOWED: set = set()
 
 
 def _module_path(dotted):

@@ -323,6 +323,20 @@ class JacobianRegularizer(keras.callbacks.Callback):
         if self.seed is None and self.method == "projection":
             self._seed = random.randint(1, 2**31 - 1)
         with model.distribute_strategy.scope():
+            # Build the optimizer's slots now, eagerly, as Keras's first step
+            # would: if that first step is refused (a train step that never
+            # calls `compute_loss`), slots built inside its aborted trace
+            # would stay uninitialized and break every later `fit`.
+            optimizer = model.optimizer
+            every_layer_built = model.built or all(
+                layer.built for layer in model.layers
+            )
+            if (
+                not optimizer.built
+                and every_layer_built
+                and model.trainable_variables
+            ):
+                optimizer.build(model.trainable_variables)
             self._weight_var = tf.Variable(
                 0.0, trainable=False, dtype=tf.float32, name="jacobian_weight"
             )

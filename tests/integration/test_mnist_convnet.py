@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 from keras import layers
 
 import keras_research
@@ -64,7 +63,6 @@ def test_convnet_under_factorized_scope(save_and_reload):
     save_and_reload(model, x[:8], "convnet_scope")
 
 
-@pytest.mark.xfail(reason="needs scopes branch", strict=False)
 def test_factorized_scope_keeps_the_thin_head_at_full_rank():
     # The 1600 x 10 head would become rank 2: a low-rank version of a
     # weight whose small side is 10 saves little and loses much.
@@ -73,7 +71,6 @@ def test_factorized_scope_keeps_the_thin_head_at_full_rank():
     assert "head/kernel" not in factorized(model), factorized(model)
 
 
-@pytest.mark.xfail(reason="needs jacobian branch", strict=False)
 def test_default_jacobian_regularizer_is_not_the_exact_jacobian():
     # With 10 outputs the exact Jacobian costs ~18x a plain step; the
     # default is the reference's one random projection (or a per-model

@@ -79,7 +79,6 @@ def test_transformer_factorized_post_hoc(save_and_reload):
     save_and_reload(compressed, x, "transformer_factorized")
 
 
-@pytest.mark.xfail(reason="needs scopes branch", strict=False)
 def test_transformer_under_factorized_scope(save_and_reload):
     # Weights created during the functional trace (the position embedding
     # on `ops.arange`) are factorized; the file loads with no scope.
