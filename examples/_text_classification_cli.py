@@ -285,8 +285,9 @@ def start_run(args, bag, resuming):
               f"{os.path.join(args.output_dir, 'backup')} to start afresh")
         return saved["log_dir"]
     os.makedirs(args.output_dir, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(args.output_dir, "training_log.csv"))
+    for stale in ("training_log.csv", "best.weights.h5"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.output_dir, stale))
     log_dir = os.path.join("logs", time.strftime("%Y%m%d-%H%M%S"))
     with open(path, "w") as f:
         json.dump(dict(config=run_config(args), log_dir=log_dir,
