@@ -216,9 +216,10 @@ def prepare(builder, args, host=("storage.googleapis.com", 443)):
     check(not problem, f"dataset {args.dataset!r} is not prepared in "
           f"{builder.data_dir} and {problem}: pass --data-dir with a prepared "
           "copy, run once with network access, or try --smoke (mock data)")
-    root = os.fspath(builder.data_dir_root)
+    name = builder.info.full_name  # name/config/version
+    root = os.fspath(builder.data_dir)[: -len(name)]
     watched = [os.path.join(root, "downloads"),
-               os.path.join(root, builder.info.full_name.split("/")[0])]
+               os.path.join(root, name.split("/")[0])]
     before = set(all_paths(watched))
     print(f"Downloading {args.dataset!r} into {root} (TFDS)", file=sys.stderr)
     try:
@@ -233,7 +234,7 @@ def prepare(builder, args, host=("storage.googleapis.com", 443)):
 
 
 def all_paths(folders):
-    for folder in folders:
+    for folder in filter(os.path.exists, folders):
         yield folder
         for parent, names, files in os.walk(folder):
             yield from (os.path.join(parent, n) for n in names + files)

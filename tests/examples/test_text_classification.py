@@ -385,6 +385,37 @@ def test_unreachable_network_fails_fast_and_leaves_nothing(
     assert leftovers == [] and not (tmp_path / "out").exists()
 
 
+def test_failed_download_leaves_no_partial_files(
+        example, capsys, tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    class Connection:
+        def close(self):
+            pass
+
+    def partial_download(builder, *args, **kwargs):
+        # What TFDS leaves when its download stops half-way.
+        os.makedirs(builder.data_dir)
+        downloads = tmp_path / "tfds" / "downloads"
+        downloads.mkdir(parents=True)
+        (downloads / "aclImdb_v1.tar.gz.tmp.1234").write_bytes(b"partial")
+        raise ConnectionError("Connection reset by peer")
+
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda *a, **k: Connection())
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                        partial_download)
+    (tmp_path / "tfds").mkdir()
+    code, err = run_cli(example, capsys, [
+        "--data-dir", str(tmp_path / "tfds"),
+        "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "text_classification.py: error: could not download 'imdb_reviews' "
+        "(Connection reset by peer); nothing was kept")
+    assert list((tmp_path / "tfds").iterdir()) == []
+
+
 def test_read_log_skips_missing_validation(example, tmp_path):
     # CSVLogger writes "NA" for validation columns of a run without
     # validation data; a replayed epoch appears twice (the last row counts).
