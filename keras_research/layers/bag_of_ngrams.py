@@ -209,10 +209,11 @@ class BagOfNgrams(keras.layers.Layer):
                 f"max_tokens={self.max_tokens} at most {self.max_tokens - 1} "
                 "fit (id 0 is the out-of-vocabulary id)."
             )
-        self._vocabulary = list(vocabulary)
-        keys = tf.constant(self._vocabulary or [""], dtype=tf.string)
+        # A NumPy array: Keras would wrap a list, element by element.
+        self._vocabulary = np.asarray(vocabulary, dtype=object)
+        keys = tf.constant(vocabulary or [""], dtype=tf.string)
         values = tf.range(1, tf.size(keys) + 1, dtype=tf.int64)
-        if not self._vocabulary:
+        if not vocabulary:
             values = tf.zeros([1], tf.int64)
         self._table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(keys, values),
@@ -222,7 +223,7 @@ class BagOfNgrams(keras.layers.Layer):
     def get_vocabulary(self):
         """The tokens by id: `"[UNK]"` first (id 0), then the vocabulary."""
         self._check_vocabulary()
-        return [OOV_TOKEN] + list(self._vocabulary)
+        return [OOV_TOKEN] + self._vocabulary.tolist()
 
     def vocabulary_size(self):
         """Number of ids, counting the out-of-vocabulary id 0."""
@@ -279,7 +280,7 @@ class BagOfNgrams(keras.layers.Layer):
             path = os.path.join(dir_path, _VOCABULARY_FILE)
             # ensure_ascii: the file holds no line break but the JSON's own.
             with open(path, "w", encoding="ascii") as f:
-                json.dump(self._vocabulary, f, ensure_ascii=True)
+                json.dump(self._vocabulary.tolist(), f, ensure_ascii=True)
 
     def load_assets(self, dir_path):
         path = os.path.join(dir_path, _VOCABULARY_FILE)
