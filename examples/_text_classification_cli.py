@@ -102,7 +102,8 @@ def parse_args(argv, defaults):
                         help="classify TEXTs with the model of --output-dir")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.epochs, args.batch_size = min(args.epochs, 2), 16
+        args.epochs = min(args.epochs, 2)
+        args.batch_size = min(args.batch_size, 16)
     args.output_dir = args.output_dir or os.path.join(RUNS, run_name(args))
     try:
         if args.predict:
