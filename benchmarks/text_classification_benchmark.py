@@ -2,20 +2,24 @@
 
     python benchmarks/text_classification_benchmark.py \
         --data-dir ../shared/tfds --repeats 3 \
-        --fasttext-python /path/to/venv-with-fasttext/bin/python
+        --fasttext-python /path/to/venv-with-fasttext/bin/python \
+        --baseline-example /path/to/an/older/text_classification.py
 
 Runs `examples/text_classification.py` with its default settings (whole
-runs: preprocessing, training, test, export) and, when a Python with the
+runs: preprocessing, training, test, export), an older copy of the example
+when one is given (e.g. `git show <rev>:examples/text_classification.py`,
+run against this checkout's package) and, when a Python with the
 `fasttext` package is given, fastText's supervised classifier with the
 reference settings of the issue (`wordNgrams=2`, `dim=10`, `epoch=10`,
 `lr=0.2`, `thread=2`) on the same IMDB train/test texts, standardized by
-the example's own `StandardizeText`. Each repetition runs the candidates
-in a rotated order in separate processes, so that load from other jobs on
-a shared machine falls on both; it reports per-run wall time, CPU time
-(user + system, of the child process) and test accuracy (and the
-example's own peak memory), and
-the medians, and the ratio of the example's whole-run wall time to
-fastText's training time. Nothing is asserted.
+`keras_research.layers.StandardizeText` as in the example. Each
+repetition runs the candidates in a rotated order in separate processes,
+so that load from other jobs on a shared machine falls on all of them.
+It reports per-run wall time, CPU time (user + system, of the child
+process), test accuracy and the examples' peak memory, the medians, and the
+ratios of the example's whole-run wall time to the older example's and to
+fastText's training time. About 1 minute per run on 2 quiet cores.
+Nothing is asserted.
 """
 
 import argparse
@@ -50,11 +54,12 @@ print(json.dumps({"train_seconds": trained - start,
 
 def export_fasttext_files(data_dir, out_dir):
     """IMDB train/test as fastText files, standardized like the example."""
-    sys.path.insert(0, str(EXAMPLE.parent))
+    sys.path.insert(0, str(REPO))
     import tensorflow_datasets as tfds
-    import text_classification
 
-    standardize = text_classification.StandardizeText()
+    import keras_research
+
+    standardize = keras_research.layers.StandardizeText()
     paths = {}
     for split in ("train", "test"):
         path = Path(out_dir) / f"imdb_{split}.txt"
@@ -102,6 +107,11 @@ def main():
         default=None,
         help="A Python interpreter with the fasttext package installed.",
     )
+    p.add_argument(
+        "--baseline-example",
+        default=None,
+        help="An older text_classification.py to time against this one.",
+    )
     args = p.parse_args()
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
@@ -110,19 +120,24 @@ def main():
         f"load average at start {' '.join(load)}"
     )
     work = tempfile.mkdtemp(prefix="text_classification_bench_")
-    candidates = {
-        "example (defaults)": lambda i: [
+    def example_run(script, name):
+        return lambda i: [
             sys.executable,
-            str(EXAMPLE),
+            str(script),
             "--data-dir",
             args.data_dir,
             "--no-download",
             "--verbose",
             "0",
             "--output-dir",
-            os.path.join(work, f"run{i}"),
+            os.path.join(work, f"{name}{i}"),
         ]
-    }
+
+    candidates = {"example (defaults)": example_run(EXAMPLE, "run")}
+    if args.baseline_example:
+        candidates["older example"] = example_run(
+            args.baseline_example, "baseline"
+        )
     if args.fasttext_python:
         files = export_fasttext_files(args.data_dir, work)
         script = os.path.join(work, "fasttext_run.py")
@@ -143,7 +158,9 @@ def main():
             if name == "fastText":
                 record = json.loads(stdout.strip().splitlines()[-1])
             else:
-                with open(os.path.join(work, f"run{i}", "metrics.json")) as f:
+                folder = "run" if name.startswith("example") else "baseline"
+                path = os.path.join(work, f"{folder}{i}", "metrics.json")
+                with open(path) as f:
                     metrics = json.load(f)
                 record = {
                     k: metrics[k]
@@ -167,6 +184,12 @@ def main():
             for key in records[0]
         }
         print(f"median {name}: {json.dumps(summary[name])}")
+    if "older example" in summary:
+        ratio = (
+            summary["example (defaults)"]["process_wall"]
+            / summary["older example"]["process_wall"]
+        )
+        print(f"example / older example, whole-process wall time: {ratio:.2f}x")
     if "fastText" in summary:
         ratio = (
             summary["example (defaults)"]["process_wall"]

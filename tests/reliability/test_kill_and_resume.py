@@ -151,18 +151,10 @@ def _backup_epoch(out):
 
 
 def _example_weights(out):
-    import importlib.util
-
     import keras
 
-    # The saved model holds the example's own registered layers (text
-    # standardization): import the example's module to register them.
-    if "text_classification_example" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "text_classification_example", EXAMPLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+    import keras_research  # noqa: F401  (registers the model's layers)
+
     model = keras.saving.load_model(os.path.join(str(out), "model.keras"),
                                     safe_mode=True)
     return model.get_weights()
