@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_research import _checks
 from keras_research._export import register
 from keras_research._xla import in_xla_context
+from keras_research.layers import _ragged_inputs as inputs_lib
 from keras_research.layers import _ragged_ops
 
 COMBINERS = _ragged_ops.COMBINERS
@@ -267,12 +268,12 @@ class RaggedEmbeddingBag(keras.layers.Layer):
                     f"Received: inputs.shape={inputs.shape} with "
                     f"flat_values.shape={inputs.flat_values.shape}"
                 )
-            return _ragged_ops.flatten_ragged(inputs, weights, self.output_dim)
+            return inputs_lib.flatten_ragged(inputs, weights, self.output_dim)
         self._check_ids_dtype(inputs.dtype)
         self._check_rank(inputs.shape)
         if isinstance(inputs, tf.SparseTensor):
-            return _ragged_ops.flatten_sparse(inputs, weights, self.output_dim)
-        return _ragged_ops.flatten_dense(inputs, weights, self.output_dim)
+            return inputs_lib.flatten_sparse(inputs, weights, self.output_dim)
+        return inputs_lib.flatten_dense(inputs, weights, self.output_dim)
 
     def call(self, inputs, weights=None):
         if isinstance(inputs, (list, tuple, dict)):
@@ -311,18 +312,18 @@ class RaggedEmbeddingBag(keras.layers.Layer):
             keep = mask if keep is None else tf.logical_and(keep, mask)
         poisoned = None
         if self.invalid_ids == "ignore":
-            in_range = _ragged_ops.in_range(ids, self.input_dim)
+            in_range = inputs_lib.in_range(ids, self.input_dim)
             keep = in_range if keep is None else tf.logical_and(keep, in_range)
         elif xla:
             # XLA cannot raise: bags holding an invalid id become NaN.
-            invalid = tf.logical_not(_ragged_ops.in_range(ids, self.input_dim))
+            invalid = tf.logical_not(inputs_lib.in_range(ids, self.input_dim))
             if keep is not None:
                 invalid = tf.logical_and(invalid, keep)
             poisoned = tf.math.unsorted_segment_max(
                 tf.cast(invalid, tf.int32), segment_ids, num_bags
             )
         else:
-            ids = _ragged_ops.check_ids(ids, self.input_dim, self.padding_id)
+            ids = inputs_lib.check_ids(ids, self.input_dim, self.padding_id)
 
         table = self.embeddings.value
         if xla:

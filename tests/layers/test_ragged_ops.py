@@ -1,9 +1,10 @@
-"""Tests for keras_research.layers._ragged_ops against NumPy."""
+"""Tests for keras_research.layers._ragged_ops / _ragged_inputs vs NumPy."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_research.layers import _ragged_inputs as inputs
 from keras_research.layers import _ragged_ops as ops
 
 COMBINERS = ("sum", "mean", "sqrtn", "max")
@@ -200,16 +201,16 @@ def test_segment_ids_from_splits_matches_repeat():
 def test_check_same_raises_value_error_naming_weights_eagerly():
     with pytest.raises(ValueError, match=r"`weights` must have the same "
                        r"indices.*\[\[0 0\]\n? ?\[1 0\]\]"):
-        ops.check_same(tf.constant([[0, 0], [0, 1], [1, 0]], tf.int64),
+        inputs.check_same(tf.constant([[0, 0], [0, 1], [1, 0]], tf.int64),
                        tf.constant([[0, 0], [1, 0]], tf.int64), "indices")
-    assert ops.check_same(tf.constant([0, 2]), tf.constant([0, 2]),
+    assert inputs.check_same(tf.constant([0, 2]), tf.constant([0, 2]),
                           "row splits") == []
 
 
 def test_check_same_in_a_graph_names_weights_not_a_shape_error():
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)] * 2)
     def f(a, b):
-        with tf.control_dependencies(ops.check_same(a, b, "row splits")):
+        with tf.control_dependencies(inputs.check_same(a, b, "row splits")):
             return tf.identity(a)
 
     with pytest.raises(tf.errors.InvalidArgumentError,
@@ -224,18 +225,18 @@ def test_check_same_in_a_graph_names_weights_not_a_shape_error():
 def test_check_ids_allows_padding_and_names_the_range(mode):
     ids = tf.constant([3, -1, 4], tf.int64)
     np.testing.assert_array_equal(
-        run(ops.check_ids, mode, ids, 5, padding_id=-1).numpy(), ids.numpy())
+        run(inputs.check_ids, mode, ids, 5, padding_id=-1).numpy(), ids.numpy())
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError),
                        match=r"input_dim=5.*-1"):
-        run(ops.check_ids, mode, ids, 5)
+        run(inputs.check_ids, mode, ids, 5)
 
 
 def test_flatten_forms_agree():
     bags = [[1, 2], [], [3, 4, 5]]
     ragged = tf.ragged.constant(bags, dtype=tf.int64)
-    flat_r = ops.flatten_ragged(ragged, None, 2)
-    flat_s = ops.flatten_sparse(ragged.to_sparse(), None, 2)
-    flat_d = ops.flatten_dense(ragged.to_tensor(default_value=-1), None, 2)
+    flat_r = inputs.flatten_ragged(ragged, None, 2)
+    flat_s = inputs.flatten_sparse(ragged.to_sparse(), None, 2)
+    flat_d = inputs.flatten_dense(ragged.to_tensor(default_value=-1), None, 2)
     np.testing.assert_array_equal(flat_r.ids.numpy(), [1, 2, 3, 4, 5])
     np.testing.assert_array_equal(flat_r.row_splits.numpy(), [0, 2, 2, 5])
     np.testing.assert_array_equal(flat_s.segment_ids.numpy(), [0, 0, 2, 2, 2])
