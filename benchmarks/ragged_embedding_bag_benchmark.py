@@ -1,10 +1,12 @@
 """RaggedEmbeddingBag vs what a Keras user would otherwise write.
 
 Bags of ids (1024 bags, lognormal lengths, vocabulary 50k, dimension 64),
-forward + backward with respect to the table, "mean" combiner:
+forward + backward with respect to the table. Candidates:
 
-- `bare segment_mean`: `tf.gather` over the flat ids + `tf.math.segment_mean`
-  (the floor: what the layer does without its checks);
+- `bare`: `tf.gather` over the flat ids + a sorted segment op
+  (`tf.math.segment_mean` etc.): what the layer does without its checks,
+  but with a table gradient of one row per id *occurrence* (the layer's
+  has one row per distinct id);
 - `RaggedEmbeddingBag`: the layer on the `tf.RaggedTensor`;
 - `padded Embedding+GAP`: `keras.layers.Embedding(mask_zero=True)` +
   `GlobalAveragePooling1D` on the ids padded to the longest bag;
@@ -13,17 +15,25 @@ forward + backward with respect to the table, "mean" combiner:
 
 Sections:
 
-1. time, `tf.function` (one process, interleaved, medians);
-2. time, `tf.function(jit_compile=True)` (segment_mean and the sparse
-   lookup have no XLA kernel: the bare XLA baseline is `unsorted_segment_sum`);
-3. peak memory of each candidate, each in its own process, for two length
-   distributions (mean ~50 and ~200 ids): RSS high-water mark during 3 steps
-   minus the RSS before them (the function is traced beforehand from its
-   input signature, without running it);
-4. one `fit` step (`train_on_batch`, Adam) of a bag-of-words classifier built
-   with each.
+- `combiners`: every combiner, with and without per-id weights: the layer
+  vs bare vs `safe_embedding_lookup_sparse`, for each `--mean-lengths`;
+- `time`: "mean", the four candidates, `tf.function`;
+- `xla`: the same with `jit_compile=True` (segment_mean and the sparse
+  lookup have no XLA kernel: the bare XLA baseline is
+  `unsorted_segment_sum`);
+- `memory`: peak memory of each candidate, each in its own process, for each
+  `--mean-lengths`: RSS high-water mark during 3 steps minus the RSS before
+  them (the function is traced beforehand from its input signature);
+- `fit`: one `fit` step (`train_on_batch`, Adam) of a bag-of-words
+  classifier built with each;
+- `paths`: reduction formulations (kept for reference).
 
-Run: `python benchmarks/ragged_embedding_bag_benchmark.py [--quick]`.
+The comparison against PyTorch's `nn.EmbeddingBag` is in
+`ragged_embedding_bag_torch_benchmark.py`.
+
+Run (the numbers in RESULTS.md, a few minutes on 2 cores):
+`python benchmarks/ragged_embedding_bag_benchmark.py --sections combiners
+xla memory --mean-lengths 46 183 --repeats 15`.
 `--quick` uses smaller sizes (a smoke run). Timings never assert anything.
 """
 
@@ -198,7 +208,7 @@ def paths_section(ids, vocab, dim, repeats):
         baseline="segment_sum + scale",
         warmup=3,
         repeats=repeats,
-        title="reduction paths (mean, fwd+bwd; the layer's choice per mode)",
+        title="reduction paths (mean, fwd+bwd)",
     )
 
     def adam_step(reduce):
@@ -230,6 +240,99 @@ def paths_section(ids, vocab, dim, repeats):
         repeats=repeats,
         title="the same + a Keras Adam update of the table",
     )
+
+
+def bare_reduce(table, x, combiner, weights=None):
+    """The bare formulation: gather per id + sorted segment op.
+
+    Its table gradient has one row per id occurrence (what the layer
+    de-duplicates). Sorted segment ops stop at the last non-empty bag:
+    padded to every bag.
+    """
+    segment_ids = x.value_rowids()
+    vectors = tf.gather(table, x.values)
+    if weights is not None:
+        vectors = vectors * weights.values[:, None]
+    if combiner == "max":
+        reduced = tf.math.segment_max(vectors, segment_ids)
+    elif combiner == "mean" and weights is None:
+        reduced = tf.math.segment_mean(vectors, segment_ids)
+    else:
+        reduced = tf.math.segment_sum(vectors, segment_ids)
+    missing = tf.cast(x.nrows(), tf.int32) - tf.shape(reduced)[0]
+    reduced = tf.pad(reduced, [[0, missing], [0, 0]])
+    if combiner in ("sum", "max") or (combiner == "mean" and weights is None):
+        return reduced
+    w = (tf.ones_like(x.values, tf.float32) if weights is None
+         else weights.values)
+    if combiner == "sqrtn":
+        w = w * w
+    divisor = tf.math.unsorted_segment_sum(w, segment_ids, x.nrows())
+    if combiner == "sqrtn":
+        divisor = tf.sqrt(divisor)
+    return tf.math.divide_no_nan(reduced, divisor[:, None])
+
+
+def combiners_section(args, vocab, dim, max_len):
+    """Every combiner, with and without weights: layer vs bare vs TF op."""
+    table = tf.Variable(tf.random.uniform((vocab, dim), -0.05, 0.05))
+    results = {}
+    for mean_len in args.mean_lengths:
+        ids = make_bags(args.bags, mean_len, max_len, vocab)
+        weights = ids.with_values(tf.random.stateless_uniform(
+            tf.shape(ids.values), (0, 1), 0.5, 1.5))
+        sparse_ids, sparse_weights = ids.to_sparse(), weights.to_sparse()
+        probe = tf.random.stateless_normal((int(ids.nrows()), dim), (1, 2))
+        for combiner in ("sum", "mean", "sqrtn", "max"):
+            for weighted in (False, True):
+                layer = RaggedEmbeddingBag(vocab, dim, combiner)
+                layer.build()
+                layer.embeddings.assign(table)
+
+                def step(fn, variable):
+                    def run(x, w):
+                        with tf.GradientTape() as tape:
+                            loss = tf.reduce_sum(fn(x, w) * probe)
+                        grad = tape.gradient(loss, variable)
+                        return loss, grad.values
+
+                    return tf.function(run)
+
+                w = weights if weighted else None
+                sw = sparse_weights if weighted else None
+                steps = {
+                    "bare": (step(lambda x, w, c=combiner: bare_reduce(
+                        table, x, c, w), table), ids, w),
+                    "RaggedEmbeddingBag": (step(
+                        lambda x, w, layer=layer: layer(x, weights=w),
+                        layer.embeddings.value), ids, w),
+                }
+                if combiner != "max":
+                    steps["safe_embedding_lookup_sparse"] = (step(
+                        lambda x, w, c=combiner:
+                        tf.nn.safe_embedding_lookup_sparse(
+                            table, x, w, combiner=c), table),
+                        sparse_ids, sw)
+                losses = [float(fn(x, w)[0]) for fn, x, w in steps.values()]
+                assert np.allclose(losses, losses[0], rtol=1e-4), losses
+                label = (f"mean {mean_len} ids, {combiner}"
+                         f"{', weighted' if weighted else ''}")
+                results[label] = compare(
+                    {name: (lambda fn=fn, x=x, w=w: fn(x, w))
+                     for name, (fn, x, w) in steps.items()},
+                    baseline="bare", warmup=2, repeats=args.repeats,
+                    title=f"fwd+bwd, {label}",
+                )
+    print("## summary: RaggedEmbeddingBag vs bare and vs "
+          "safe_embedding_lookup_sparse (median ratios, > 1 = faster)")
+    for label, medians in results.items():
+        layer = medians["RaggedEmbeddingBag"]
+        line = f"{label:<28} vs bare {medians['bare'] / layer:5.2f}x"
+        if "safe_embedding_lookup_sparse" in medians:
+            safe = medians["safe_embedding_lookup_sparse"]
+            line += f"  vs safe_embedding_lookup_sparse {safe / layer:5.2f}x"
+        print(line)
+    return results
 
 
 def check_agreement(steps):
@@ -388,10 +491,10 @@ def main():
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--max-len", type=int, default=2000)
     parser.add_argument("--mean-lengths", type=int, nargs="+",
-                        default=[50, 200])
+                        default=[46, 183])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--sections", nargs="+",
-                        default=["paths", "time", "xla", "memory", "fit"])
+                        default=["combiners", "xla", "memory"])
     parser.add_argument("--memory-child", default=None)
     parser.add_argument("--child-mean", type=int, default=200)
     args = parser.parse_args()
@@ -412,6 +515,8 @@ def main():
                    f"{lengths.sum()} ids",
         "combiner": "mean", "table dtype": "float32",
     })
+    if "combiners" in args.sections:
+        combiners_section(args, args.vocab, args.dim, args.max_len)
     if "paths" in args.sections:
         paths_section(ids, args.vocab, args.dim, args.repeats)
     if "time" in args.sections:

@@ -642,6 +642,7 @@ def test_mirrored_strategy_ragged_custom_loop():
         ({"max_norm": -1.0}, "max_norm.*-1.0"),
         ({"padding_id": 1.5}, "padding_id.*1.5"),
         ({"invalid_ids": "clip"}, "invalid_ids.*clip"),
+        ({"nonpositive_weights": "drop"}, "nonpositive_weights.*drop"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -829,3 +830,277 @@ def test_property_random_bags_match_numpy_reference():
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
     check()
+
+
+# ----------------------------------------------------------------------------
+# Ported from upstream tests: TensorFlow's embedding_ops_test.py
+# (EmbeddingLookupSparseTest, SafeEmbeddingLookupSparseTest) and PyTorch's
+# test/nn/test_embedding.py (EmbeddingBag), run against the layer.
+
+
+def tf_random_ids_and_weights(rng, batch_size=10, vocab_size=13):
+    """TF's `_RandomIdsAndWeights`: 1-5 ids per bag, weights in [1, 2)."""
+    lengths = rng.integers(1, 6, size=batch_size)
+    ids = rng.integers(vocab_size, size=lengths.sum())
+    weights = 1 + rng.random(lengths.sum())
+    return lengths, ids, weights
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float32"))
+@pytest.mark.parametrize("weighted", (False, True), ids=("plain", "weighted"))
+@pytest.mark.parametrize("combiner", ("sum", "mean", "sqrtn"))
+def test_tf_embedding_lookup_sparse_precision(combiner, weighted, dtype):
+    """TF's testEmbeddingLookupSparse: params in [1, 2), 2x5 rows.
+
+    Its tolerances: rtol = atol = 1e-3 for float16, 1e-2 for bfloat16.
+    The reduction accumulates in float32 and divides (it used to multiply
+    by a reciprocal rounded to float16: rel. error up to 1.8e-3).
+    """
+    tol = {"float16": 1e-3, "bfloat16": 1e-2, "float32": 1e-6}[dtype]
+    layer = RaggedEmbeddingBag(13, 10, combiner, dtype=dtype)
+    layer.build()
+    for seed in range(20):  # TF draws new ids, weights and params per case.
+        rng = np.random.default_rng(seed)
+        lengths, ids, weights = tf_random_ids_and_weights(rng)
+        layer.embeddings.assign(rng.random((13, 10)) + 1)
+        table = tf.cast(layer.embeddings.value, tf.float64).numpy()
+        rt = tf.RaggedTensor.from_row_lengths(tf.constant(ids), lengths)
+        w = rt.with_values(tf.constant(weights, dtype)) if weighted else None
+        got = tf.cast(layer(rt, weights=w), tf.float64).numpy()
+        bags = np.split(ids, np.cumsum(lengths)[:-1])
+        ws = (np.split(tf.cast(w.values, tf.float64).numpy(),
+                       np.cumsum(lengths)[:-1]) if weighted else None)
+        expected = reference_bags(table, bags, combiner, ws)
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol,
+                                   err_msg=f"seed {seed}")
+
+
+def torch_known_example(dtype, combiner="sum"):
+    """PyTorch's `_test_EmbeddingBag` example: 5 bags, 3 of them empty."""
+    layer = RaggedEmbeddingBag(5, 2, combiner, dtype=dtype)
+    layer.build()
+    layer.embeddings.assign(np.arange(1, 11).reshape(5, 2))
+    ids = tf.RaggedTensor.from_row_splits(
+        tf.constant([3, 1, 1, 1, 4, 0], tf.int64), [0, 0, 3, 3, 6, 6])
+    return layer, ids
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16", "float32"))
+def test_torch_per_sample_weights_and_offsets(dtype):
+    """torch's test_EmbeddingBag_per_sample_weights_and_offsets ("sum").
+
+    Its tolerance `dtype2prec_DONTUSE`: atol 1e-2 for float16, 1e-1 for
+    bfloat16 (rtol 0): rounding every product and partial sum to the table
+    dtype, as the layer used to, misses it (25.625 instead of 25.5).
+    """
+    atol = {"float16": 1e-2, "bfloat16": 1e-1, "float32": 1e-5}[dtype]
+    layer, ids = torch_known_example(dtype)
+    table = np.arange(1, 11).reshape(5, 2).astype(np.float64)
+    for seed in range(30):
+        w = tf.cast(np.random.default_rng(seed).normal(size=6), dtype)
+        got = layer(ids, weights=ids.with_values(w))
+        w64 = tf.cast(w, tf.float64).numpy()
+        expected = np.zeros((5, 2))
+        expected[1] = (table[[3, 1, 1]] * w64[:3, None]).sum(0)
+        expected[3] = (table[[1, 4, 0]] * w64[3:, None]).sum(0)
+        np.testing.assert_allclose(tf.cast(got, tf.float64).numpy(),
+                                   expected, atol=atol, rtol=0,
+                                   err_msg=f"seed {seed}")
+
+
+@pytest.mark.parametrize("mode", ("eager", "graph"))
+@pytest.mark.parametrize("combiner", ("sum", "mean", "max"))
+def test_torch_known_example_values_and_gradient(combiner, mode):
+    """torch's `_test_EmbeddingBag`: outputs and the table gradient."""
+    layer, ids = torch_known_example("float64", combiner)
+    grad_output = tf.constant(
+        [[99, 99], [1, 2], [99, 99], [3, 4], [99, 99]], tf.float64)
+
+    def grad():
+        with tf.GradientTape() as tape:
+            out = layer(ids)
+            loss = tf.reduce_sum(out * grad_output)
+        return out, tf.convert_to_tensor(
+            tape.gradient(loss, layer.embeddings.value))
+
+    out, g = grad() if mode == "eager" else tf.function(grad)()
+    denominator = 3 if combiner == "mean" else 1
+    if combiner == "max":
+        expected = [[0, 0], [7, 8], [0, 0], [9, 10], [0, 0]]
+        expected_grad = [[0, 0], [0, 0], [0, 0], [1, 2], [3, 4]]
+    else:
+        expected = np.array([[0, 0], [13, 16], [0, 0], [13, 16], [0, 0]])
+        expected = expected / denominator
+        expected_grad = np.array(
+            [[3, 4], [5, 8], [0, 0], [1, 2], [3, 4]]) / denominator
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(g.numpy(), expected_grad, rtol=1e-12)
+
+
+def tf_safe_lookup_ids_and_weights(rank):
+    """TF's `_ids_and_weights_2d` / `_3d`: one test case per bag.
+
+    2d rows (3d: indices (0,0), (0,1), (0,2), (1,0), (1,1), (1,2)): several
+    valid ids and one invalid id; only invalid ids; no ids; one id; only
+    ids with weights <= 0 (3d adds a last bag with no ids).
+    """
+    ids = [0, 1, -1, -1, 2, 0, 1]
+    weights = [1.0, 2.0, 1.0, 1.0, 3.0, 0.0, -0.5]
+    if rank == 2:
+        indices = [[0, 0], [0, 1], [0, 2], [1, 0], [3, 0], [4, 0], [4, 1]]
+        shape = [5, 4]
+    else:
+        indices = [[0, 0, 0], [0, 0, 1], [0, 0, 2], [0, 1, 0], [1, 0, 0],
+                   [1, 1, 0], [1, 1, 1]]
+        shape = [2, 3, 4]
+    sparse_ids = tf.SparseTensor(indices, tf.constant(ids, tf.int64), shape)
+    sparse_weights = tf.SparseTensor(indices, weights, shape)
+    return sparse_ids, sparse_weights
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("rank", (2, 3))
+def test_tf_safe_embedding_lookup_sparse_return_zero_vector(rank, mode):
+    """TF's test_safe_embedding_lookup_sparse_return_zero_vector (+ 3d)."""
+    layer = RaggedEmbeddingBag(4, 4, "mean", invalid_ids="ignore",
+                               nonpositive_weights="ignore",
+                               embeddings_initializer="normal")
+    sparse_ids, sparse_weights = tf_safe_lookup_ids_and_weights(rank)
+    got = run_in_mode(layer, mode, sparse_ids, weights=sparse_weights)
+    e = table_of(layer)
+    zero = np.zeros(4)
+    expected = [(1.0 * e[0] + 2.0 * e[1]) / 3.0, zero, zero, e[2], zero]
+    if rank == 3:
+        expected = np.reshape(expected + [zero], (2, 3, 4))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-7)
+    # It is what TF's op gives on the same inputs.
+    if rank == 2:
+        np.testing.assert_allclose(
+            got.numpy(),
+            tf.nn.safe_embedding_lookup_sparse(
+                layer.embeddings.value, sparse_ids, sparse_weights).numpy(),
+            rtol=1e-6, atol=1e-7)
+
+
+def test_nonpositive_weights_are_kept_by_default():
+    layer = RaggedEmbeddingBag(3, 2, "mean", embeddings_initializer="normal")
+    ids = tf.ragged.constant([[0, 1]], dtype=tf.int64)
+    got = layer(ids, weights=tf.ragged.constant([[0.0, -0.5]]))
+    np.testing.assert_allclose(got.numpy()[0], table_of(layer)[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ("eager", "graph"))
+def test_tf_incompatible_shapes_raise_naming_weights(mode):
+    """TF's testIncompatibleShapes (EmbeddingLookupSparseTest).
+
+    Ids at 3 sparse indices, weights at 2: TF raises ValueError. The layer
+    used to fail with `Incompatible shapes: [3,2] vs. [2,2] [Op:Equal]`.
+    """
+    sp_ids = tf.SparseTensor([[0, 0], [0, 1], [1, 0]],
+                             tf.constant([0, 1, 2], tf.int64), [2, 2])
+    sp_weights = tf.SparseTensor([[0, 0], [0, 1]], [12.0, 5.0], [1, 2])
+    layer = RaggedEmbeddingBag(10, 2, "mean")
+    error = ValueError if mode == "eager" else (
+        ValueError, tf.errors.InvalidArgumentError)
+    with pytest.raises(error, match="`weights` must have the same indices"):
+        run_in_mode(layer, mode, sp_ids, weights=sp_weights)
+
+
+@pytest.mark.parametrize("mode", ("eager", "graph"))
+def test_ragged_weights_with_other_number_of_bags_raise_naming_weights(mode):
+    layer = RaggedEmbeddingBag(10, 2)
+    ids = tf.ragged.constant([[1, 2], [3], []], dtype=tf.int64)
+    weights = tf.ragged.constant([[1.0, 2.0], [3.0]])
+    error = ValueError if mode == "eager" else (
+        ValueError, tf.errors.InvalidArgumentError)
+    with pytest.raises(error, match="`weights` must have the same row splits"):
+        run_in_mode(layer, mode, ids, weights=weights)
+
+
+def renormalized_sum_gradient(table, ids, max_norm):
+    """NumPy: d/dtable of sum(clip_by_norm(table[ids])), the chain rule."""
+    grad = np.zeros_like(table, dtype=np.float64)
+    for i in ids:
+        x = table[i].astype(np.float64)
+        norm = np.linalg.norm(x)
+        if norm <= max_norm:
+            grad[i] += 1.0
+        else:
+            # d(c x / |x|)/dx = c/|x| (I - x x^T / |x|^2), applied to ones.
+            grad[i] += max_norm / norm * (1.0 - x * x.sum() / norm**2)
+    return grad
+
+
+@pytest.mark.parametrize("mode", ("eager", "graph", "xla"))
+def test_max_norm_gradient_goes_through_the_renormalization(mode):
+    """torch's test_embedding_max_norm_backward, with the layer's semantics.
+
+    torch renormalizes the stored rows in place and gets the gradient of an
+    un-renormalized lookup: one per occurrence, [1, 1, 2, 0] per row. The
+    layer leaves the table alone and differentiates what it computes (as
+    `tf.nn.embedding_lookup(max_norm=...)`); checked against the analytic
+    Jacobian and against TF's op.
+    """
+    rng = np.random.default_rng(0)
+    table = (rng.normal(size=(4, 4)) * 2).astype("float32")
+    table[3] = [0.1, 0.2, 0.0, 0.1]  # One row under max_norm.
+    layer = RaggedEmbeddingBag(4, 4, "sum", max_norm=1.0)
+    layer.build()
+    layer.embeddings.assign(table)
+    ids = tf.ragged.constant([[0, 1], [2, 2, 3]], dtype=tf.int64)
+
+    def grad():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids))
+        return tf.convert_to_tensor(
+            tape.gradient(loss, layer.embeddings.value))
+
+    g = grad() if mode == "eager" else tf.function(
+        grad, jit_compile=mode == "xla")()
+    expected = renormalized_sum_gradient(table, [0, 1, 2, 2, 3], 1.0)
+    np.testing.assert_allclose(g.numpy(), expected, rtol=1e-5, atol=1e-6)
+    torch_like = np.array([1.0, 1.0, 2.0, 1.0])[:, None] * np.ones(4)
+    assert not np.allclose(g.numpy()[:3], torch_like[:3])
+    constant = tf.constant(table)
+    with tf.GradientTape() as tape:
+        tape.watch(constant)
+        loss = tf.reduce_sum(tf.nn.embedding_lookup(
+            constant, [0, 1, 2, 2, 3], max_norm=1.0))
+    np.testing.assert_allclose(
+        g.numpy(), tf.convert_to_tensor(tape.gradient(loss, constant)),
+        rtol=1e-5, atol=1e-6)
+
+
+def test_issue_example_max_norm_gradient():
+    layer = RaggedEmbeddingBag(1, 2, "sum", max_norm=3.0)
+    layer.build()
+    layer.embeddings.assign([[3.0, 4.0]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(tf.ragged.constant([[0]])))
+    g = tf.convert_to_tensor(tape.gradient(loss, layer.embeddings.value))
+    np.testing.assert_allclose(g.numpy(), [[0.096, -0.072]], rtol=1e-5)
+
+
+def test_symbolic_call_without_keras_tensor_ragged_rank(monkeypatch):
+    """Keras < 3.11: `KerasTensor` has `ragged=` but no `ragged_rank=`."""
+    from keras_research.layers import ragged_embedding_bag as module
+
+    real = keras.KerasTensor
+
+    def keras_tensor_3_10(shape, dtype="float32", sparse=False,
+                          ragged=False, **kwargs):
+        if "ragged_rank" in kwargs:
+            raise TypeError("KerasTensor.__init__() got an unexpected "
+                            "keyword argument 'ragged_rank'")
+        return real(shape, dtype=dtype, sparse=sparse, ragged=ragged,
+                    **kwargs)
+
+    monkeypatch.setattr(module, "_HAS_RAGGED_RANK", False)
+    monkeypatch.setattr(module.keras, "KerasTensor", keras_tensor_3_10)
+    layer = RaggedEmbeddingBag(10, 4)
+    dense = layer.compute_output_spec(real((None, None), "int64",
+                                           ragged=True))
+    assert dense.shape == (None, 4) and not dense.ragged
+    nested = layer.compute_output_spec(real((None, None, None), "int64",
+                                            ragged=True))
+    assert nested.shape == (None, None, 4) and nested.ragged
