@@ -6,6 +6,7 @@ Keras tries (and fails) to import that backend.
 """
 
 import os
+import re
 
 _FIX = (
     "keras_research needs Keras 3 with the TensorFlow backend. Set the "
@@ -31,6 +32,31 @@ def check_backend():
     backend = keras.backend.backend()
     if backend != "tensorflow":
         raise ImportError(f"{_FIX} Received: Keras backend {backend!r}")
+
+
+def _release(version):
+    """`"3.11.0rc1"` -> `(3, 11, 0)`: the leading numbers of a version."""
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if match is None:
+        raise ValueError(
+            "`version` must start with MAJOR.MINOR. "
+            f"Received: version={version!r}"
+        )
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def keras_version():
+    """The installed Keras release as a tuple, e.g. `(3, 15, 1)`."""
+    import keras
+
+    return _release(keras.version())
+
+
+def tf_version():
+    """The installed TensorFlow release as a tuple, e.g. `(2, 21, 0)`."""
+    import tensorflow as tf
+
+    return _release(tf.__version__)
 
 
 check_backend()
