@@ -67,21 +67,26 @@ class CustomOptimizer(keras.optimizers.Optimizer):
     - in a train step that is itself XLA-compiled
       (`model.compile(jit_compile=True)`), nothing separately: the rule is
       traced inline and XLA fuses it with the rest of the step;
-    - otherwise, variables of 16,384 elements or more are updated by
-      compiled calls over buckets of about 2 M elements, the last layers'
-      variables first (their gradients are ready first, so their update
-      overlaps the rest of the backward pass); smaller variables (biases,
-      norms, small kernels) run op by op, as in Keras, where a compiled call
-      would cost more than it saves. One function is traced per bucket (and
-      per replica device), once for a whole `fit`. Variables are captured by
-      the compiled functions, gradients and the learning rate are passed as
+    - otherwise, variables of 1,048,576 (2**20) elements or more (large
+      embedding tables, very wide layers) are updated by compiled calls over
+      buckets of about 2 M elements, the last layers' variables first
+      (their gradients are ready first); smaller variables run op by op, as
+      in Keras. One function is traced per bucket (and per replica
+      device), once for a whole `fit`. Variables are captured by the
+      compiled functions, gradients and the learning rate are passed as
       tensors.
 
-    In `fit` on CPU this makes the step faster where the update is a real
-    share of it (wide dense layers, large embedding tables) and leaves
-    models of small variables as fast as with Keras's optimizers: see
-    `benchmarks/RESULTS.md` ("Optimizers in `fit`") for the measured
-    speed-ups per model.
+    Why the threshold: in a `fit` step that is not compiled as a whole,
+    Keras's op-by-op update of a variable starts as soon as its gradient is
+    ready and overlaps the rest of the backward pass, while a compiled call
+    waits for its whole bucket and hands its work to XLA's runtime; on CPU
+    that costs more than fusion saves, except for variables so large that
+    their update is a real share of the step (profile and measurements in
+    `benchmarks/RESULTS.md`, "Optimizers in `fit`"). So swapping the
+    template in does not slow `fit` down, and speeds up models with a large
+    embedding table (the text example's model); for smaller models the
+    compiled rule pays off in steps compiled as a whole
+    (`jit_compile=True`).
 
     Sparse gradients: a `tf.IndexedSlices` gradient (from an `Embedding` or
     `tf.gather`) is **densified** first with `tf.math.unsorted_segment_sum`
@@ -144,8 +149,9 @@ class CustomOptimizer(keras.optimizers.Optimizer):
     [0.9, 1.9]
     """
 
-    # Variables with fewer elements run op by op (see the class docstring).
-    _op_by_op_below = 16384
+    # Variables with fewer elements run op by op (see the class docstring;
+    # `tests/optimizers/conftest.py` lowers it to test both paths).
+    _op_by_op_below = 2**20
     # Target number of elements per compiled call.
     _bucket_elements = 2**21
 

@@ -1,5 +1,7 @@
 """Tests of the `CustomOptimizer` template: compilation, slots, errors."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from keras import ops
 
 from keras_research.optimizers import Adam, CustomOptimizer
 from tests.optimizers._momentum_sgd import MomentumSGD
+from tests.optimizers.conftest import SHIPPED_THRESHOLD
 
 
 class HostCallbackSGD(CustomOptimizer):
@@ -91,6 +94,18 @@ def test_buckets_split_large_variables_from_the_last_backwards():
     bodies, _ = _xla_calls(optimizer, [LARGE, LARGE, LARGE])
     # Three large variables, two per bucket: the last two, then the first.
     assert sorted(_assign_subs(b) for b in bodies) == [1, 2]
+
+
+def test_default_threshold_compiles_only_tables_of_a_million_elements():
+    # What the docstrings and the README state; measured in
+    # benchmarks/RESULTS.md ("Optimizers in `fit`").
+    assert SHIPPED_THRESHOLD == 2**20
+    assert "1,048,576" in " ".join(CustomOptimizer.__doc__.split())
+    optimizer = Adam()
+    optimizer._op_by_op_below = SHIPPED_THRESHOLD
+    shapes = [(200000, 16), (1024, 1024), (1023, 1024), (512, 512), (16,)]
+    plan = optimizer._plan([types.SimpleNamespace(shape=s) for s in shapes])
+    assert plan == [(False, [2, 3, 4]), (True, [1, 0])]
 
 
 def test_small_variables_alone_make_no_xla_call():
