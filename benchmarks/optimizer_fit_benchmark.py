@@ -30,8 +30,10 @@ Optimizers, each against the optimizer a user would otherwise write:
 - a user-written heavy-ball rule on `keras.optimizers.Optimizer` vs the same
   `update_step` on `keras_research.optimizers.CustomOptimizer`.
 
-Run: `python benchmarks/optimizer_fit_benchmark.py` (about 4 minutes on 2
-idle cores; `--models mlp_wide,text` for a subset, `--smoke` for seconds).
+Run: `python benchmarks/optimizer_fit_benchmark.py` (estimated 3-5 minutes
+on 2 idle cores, not yet timed on one; `--models mlp_wide,text` and
+`--optimizers "keras Adam,ours Adam"` for subsets, `--smoke` for tiny
+sizes).
 `--profile MODEL` instead writes a TF profiler trace of a few steps of
 `MODEL` per optimizer and prints where the step time goes (see
 `benchmarks/RESULTS.md`). It never asserts timings.
