@@ -53,8 +53,9 @@ class Adan(CustomOptimizer):
         beta_3: Float in [0, 1). Decay of the second moment. Defaults to
             `0.99`.
         epsilon: Float > 0. Added to the denominator. Defaults to `1e-8`.
-        jit_compile: Boolean. Whether the update runs as one XLA-compiled
-            call (`True`, the default) or op by op (`False`).
+        jit_compile: Boolean. Whether the rule is compiled by XLA as
+            described in `CustomOptimizer` (`True`, the default) or runs
+            op by op (`False`).
         **kwargs: The other arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
             `use_ema`, `ema_momentum`, `ema_overwrite_frequency`,

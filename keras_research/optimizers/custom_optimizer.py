@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from keras_research import _checks
 from keras_research._export import register
+from keras_research._xla import in_xla_context
 
 
 def _check_learning_rate(learning_rate):
@@ -32,53 +33,70 @@ def _check_learning_rate(learning_rate):
 
 @register
 class CustomOptimizer(keras.optimizers.Optimizer):
-    """Template for optimizers whose whole update is one XLA-compiled call.
+    """Template for optimizers whose update rule XLA fuses into few kernels.
 
     Optimizer research means many small element-wise operations per variable.
     Run op by op they are slow (each op is a separate kernel launch that reads
     and writes memory), which is why production optimizers are hand-fused
     kernels. `CustomOptimizer` lets you write the update rule with plain,
-    readable `keras.ops` / `tf` operations and runs the update of *all*
-    variables of a step as a single `tf.function(jit_compile=True)` call, so
-    that XLA fuses the element-wise operations into a few kernels.
+    readable `keras.ops` / `tf` operations, and runs the rule of the large
+    variables in `tf.function(jit_compile=True)` calls, so that XLA fuses
+    the element-wise operations into a few kernels.
 
     A subclass writes only:
 
     - its hyperparameters in `__init__` (call `super().__init__(...)` first),
     - `build(var_list)`: call `super().build(var_list)`, then create its
-      per-variable state with `self.add_slot(variable, "name")` (or Keras's
-      own `add_variable_from_reference` / `add_optimizer_variables`),
+      per-variable state with `self.add_slot(variable, "name")`,
     - `update_step(gradient, variable, learning_rate)`: the rule for one
       variable, using `self.get_slot(variable, "name")`, `self.assign`,
       `self.assign_add`, `self.assign_sub` and `self.iterations`,
     - `get_config()`.
 
-    Everything else of `keras.optimizers.Optimizer` keeps working: learning
-    rate schedules, `weight_decay` and `exclude_from_weight_decay`,
-    `clipnorm` / `clipvalue` / `global_clipnorm`, `use_ema`,
-    `gradient_accumulation_steps`, `keras.optimizers.LossScaleOptimizer`,
-    `tf.distribute.MirroredStrategy` (one compiled call per replica device),
-    and both compiled and uncompiled (`run_eagerly=True`) train steps.
+    Everything else of `keras.optimizers.Optimizer` keeps working, with
+    Keras's own code: learning rate schedules, `weight_decay` and
+    `exclude_from_weight_decay`, `clipnorm` / `clipvalue` /
+    `global_clipnorm`, `use_ema`, `gradient_accumulation_steps`,
+    `keras.optimizers.LossScaleOptimizer`, `tf.distribute.MirroredStrategy`,
+    variable constraints, and both compiled and uncompiled
+    (`run_eagerly=True`) train steps. The template replaces one step of
+    Keras's `apply`: the loop that calls `update_step` for every variable.
 
-    What is compiled: the decoupled weight decay and the `update_step` of
-    every variable that received a gradient. Gradient clipping, gradient
-    accumulation, EMA, variable constraints and the iteration counter run as
-    in Keras, outside the compiled call, with Keras's own code. Variables are
-    captured by the compiled function (not passed as arguments); gradients
-    and the learning rate are passed as tensors. One compiled function is
-    traced per set of variables (and per replica device), so a long `fit`
-    traces it once.
+    What is compiled, with `jit_compile=True` (the default):
+
+    - in a train step that is itself XLA-compiled
+      (`model.compile(jit_compile=True)`), nothing separately: the rule is
+      traced inline and XLA fuses it with the rest of the step;
+    - otherwise, variables of 1,048,576 (2**20) elements or more (large
+      embedding tables, very wide layers) are updated by compiled calls over
+      buckets of about 2 M elements, the last layers' variables first
+      (their gradients are ready first); smaller variables run op by op, as
+      in Keras. One function is traced per bucket (and per replica
+      device), once for a whole `fit`. Variables are captured by the
+      compiled functions, gradients and the learning rate are passed as
+      tensors.
+
+    Why the threshold: in a `fit` step that is not compiled as a whole,
+    Keras's op-by-op update of a variable starts as soon as its gradient is
+    ready and overlaps the rest of the backward pass, while a compiled call
+    waits for its whole bucket and hands its work to XLA's runtime; on CPU
+    that costs more than fusion saves, except for variables so large that
+    their update is a real share of the step (profile and measurements in
+    `benchmarks/RESULTS.md`, "Optimizers in `fit`"). So swapping the
+    template in does not slow `fit` down, and speeds up models with a large
+    embedding table (the text example's model); for smaller models the
+    compiled rule pays off in steps compiled as a whole
+    (`jit_compile=True`).
 
     Sparse gradients: a `tf.IndexedSlices` gradient (from an `Embedding` or
-    `tf.gather`) is **densified** before the compiled call with
-    `tf.math.unsorted_segment_sum` (duplicate indices are summed). The update
-    is then the dense rule, exactly as `keras.optimizers.Adam` computes it
-    for such a gradient (moments of rows that were not looked up still
-    decay). This keeps the compiled function's input shapes static, so XLA
-    compiles once instead of once per distinct number of looked-up rows. It
-    costs one dense buffer the size of the variable per step, as in Keras;
-    "lazy" sparse variants that update only the looked-up rows are a
-    different algorithm and are not provided.
+    `tf.gather`) is **densified** first with `tf.math.unsorted_segment_sum`
+    (rows of repeated indices are summed), and the dense rule is applied to
+    the true gradient (moments of rows that were not looked up still decay,
+    as in Keras). Keras's built-in optimizers apply their rule to the
+    `IndexedSlices` rows instead, which differs for rows looked up more than
+    once in a batch (see `keras_research.optimizers.Adam`). Densifying keeps
+    the compiled function's input shapes static (XLA compiles once), at the
+    cost of one dense buffer the size of the variable per step.
 
     Non-finite gradients are not special-cased, as in Keras: a `nan` or
     `inf` gradient is applied and propagates into the slots and the
@@ -90,9 +108,9 @@ class CustomOptimizer(keras.optimizers.Optimizer):
             `keras.optimizers.schedules.LearningRateSchedule` instance, or a
             callable that takes no arguments and returns the learning rate.
             Defaults to `0.001`.
-        jit_compile: Boolean. If `True` (the default), the update of all
-            variables runs as one XLA-compiled call. If `False`, the same
-            rule runs op by op, uncompiled (useful for debugging with
+        jit_compile: Boolean. If `True` (the default), the rule is compiled
+            by XLA as described above. If `False`, the same rule runs op by
+            op for every variable, uncompiled (useful for debugging with
             `run_eagerly=True`, and as a baseline).
         name: String. The name of the optimizer. Defaults to the class
             name in snake case.
@@ -131,6 +149,12 @@ class CustomOptimizer(keras.optimizers.Optimizer):
     [0.9, 1.9]
     """
 
+    # Variables with fewer elements run op by op (see the class docstring;
+    # `tests/optimizers/conftest.py` lowers it to test both paths).
+    _op_by_op_below = 2**20
+    # Target number of elements per compiled call.
+    _bucket_elements = 2**21
+
     def __init__(
         self,
         learning_rate=0.001,
@@ -158,12 +182,18 @@ class CustomOptimizer(keras.optimizers.Optimizer):
         self._fused = _Bookkeeping()
 
     # ------------------------------------------------------------------
-    # Slots.
+    # Slots: the one slot API of the template.
 
     def add_slot(self, variable, name, initializer="zeros"):
         """Creates one optimizer variable ("slot") shaped like `variable`.
 
-        Call it from `build`, after `super().build(var_list)`.
+        Call it from `build`, after `super().build(var_list)`. Slots are
+        saved in creation order, so creating them variable by variable
+        (`for v in var_list: add_slot(v, "m"); add_slot(v, "v")`) gives the
+        layout of Keras's `add_optimizer_variables(var_list, ["m", "v"])`.
+        A variable with `overwrite_with_gradient=True` gets no slot (Keras
+        assigns its gradient directly and never calls `update_step` for it):
+        `add_slot` returns `None`, as `add_optimizer_variables` does.
 
         Args:
             variable: one of the variables passed to `build`.
@@ -172,7 +202,7 @@ class CustomOptimizer(keras.optimizers.Optimizer):
                 `"zeros"`.
 
         Returns:
-            The new `keras.Variable`.
+            The new `keras.Variable` (or `None`, see above).
         """
         if not isinstance(name, str) or not name:
             raise ValueError(
@@ -188,6 +218,8 @@ class CustomOptimizer(keras.optimizers.Optimizer):
                 f"Slot {name!r} already exists for variable "
                 f"{self._describe(variable)}. Received: name={name!r}"
             )
+        if getattr(variable, "overwrite_with_gradient", False):
+            return None
         slot = self.add_variable_from_reference(
             variable, name=name, initializer=initializer
         )
@@ -249,19 +281,15 @@ class CustomOptimizer(keras.optimizers.Optimizer):
     # The compiled update. Keras 3 has no public hook for "update all
     # variables at once", so this is the one place that reaches inside the
     # TensorFlow backend optimizer (`keras.src.backend.tensorflow.optimizer`,
-    # Keras 3.10-3.15): it overrides `_backend_update_step` (called with all
-    # gradients once a step, after clipping, from `apply`) and
-    # `_apply_weight_decay`, and uses `_all_reduce_sum_gradients`,
-    # `_distribution_strategy`, `_var_key` and `_use_weight_decay` as the
-    # TensorFlow optimizer does. `tests/optimizers/test_custom_optimizer.py`
-    # checks that these still exist, and the Keras-parity tests check that
-    # every base feature still behaves as in `keras.optimizers.Adam`.
-
-    def _apply_weight_decay(self, variables):
-        # Weight decay is applied inside the fused update (see
-        # `_update_all`), in the same order and with the same formula as
-        # Keras: before `update_step`, `v -= v * weight_decay * lr`.
-        return
+    # Keras 3.10-3.15): it overrides `_backend_update_step`, which `apply`
+    # calls once a step after Keras has clipped the gradients and applied
+    # weight decay with its own `_apply_weight_decay`, and it calls
+    # `_all_reduce_sum_gradients`, `_distribution_strategy`, `_var_key` and
+    # `_get_variable_index` as the TensorFlow optimizer does. Nothing of
+    # Keras is disabled. `tests/optimizers/test_custom_optimizer.py` pins
+    # these names and that `apply` still reaches `_backend_update_step`
+    # exactly once a step; the Keras-parity tests check that every base
+    # feature behaves as in `keras.optimizers.Adam`.
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         trainable_variables = [
@@ -276,36 +304,61 @@ class CustomOptimizer(keras.optimizers.Optimizer):
         grads_and_vars = list(zip(grads, trainable_variables))
         grads_and_vars = self._all_reduce_sum_gradients(grads_and_vars)
         tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_fused_update,
+            self._distributed_update,
             self._distribution_strategy,
             grads_and_vars,
             learning_rate,
         )
 
-    def _distributed_fused_update(
-        self, distribution, grads_and_vars, learning_rate
-    ):
+    def _distributed_update(self, distribution, grads_and_vars, learning_rate):
         grads = [g for g, _ in grads_and_vars]
         variables = [v for _, v in grads_and_vars]
 
-        def fused_update(_, grads, variables, learning_rate):
-            self._fused_update(grads, variables, learning_rate)
+        def update(_, grads, variables, learning_rate, compiled):
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            if compiled:
+                self._compiled_update(grads, variables, learning_rate)
+            else:
+                self._update_all(grads, variables, learning_rate)
 
-        # `update` runs `fused_update` once per replica device with that
-        # device's copies of the gradients and variables (once, on the
-        # default strategy).
-        distribution.extended.update(
-            variables[0],
-            fused_update,
-            args=(grads, variables, learning_rate),
-            group=False,
-        )
+        for compiled, indices in self._plan(variables):
+            # `update` runs once per replica device with that device's
+            # copies of the gradients and variables (once, on the default
+            # strategy).
+            distribution.extended.update(
+                variables[indices[0]],
+                update,
+                args=(
+                    [grads[i] for i in indices],
+                    [variables[i] for i in indices],
+                    learning_rate,
+                    compiled,
+                ),
+                group=False,
+            )
 
-    def _fused_update(self, grads, variables, learning_rate):
-        grads = [tf.convert_to_tensor(g) for g in grads]
-        if not self.jit_compile:
-            self._update_all(grads, variables, learning_rate)
-            return
+    def _plan(self, variables):
+        """Splits the variables into groups: `[(compiled, indices), ...]`."""
+        if not self.jit_compile or in_xla_context():
+            return [(False, list(range(len(variables))))]
+        sizes = [math.prod(v.shape) for v in variables]
+        small = [i for i, n in enumerate(sizes) if n < self._op_by_op_below]
+        plan = [(False, small)] if small else []
+        bucket, elements = [], 0
+        # From the last variable backwards: its gradient is ready first.
+        for i in reversed(range(len(variables))):
+            if sizes[i] < self._op_by_op_below:
+                continue
+            bucket.append(i)
+            elements += sizes[i]
+            if elements >= self._bucket_elements:
+                plan.append((True, bucket))
+                bucket, elements = [], 0
+        if bucket:
+            plan.append((True, bucket))
+        return plan
+
+    def _compiled_update(self, grads, variables, learning_rate):
         key = (
             variables[0].device,
             tuple(self._var_key(v) for v in variables),
@@ -326,12 +379,6 @@ class CustomOptimizer(keras.optimizers.Optimizer):
 
     def _update_all(self, grads, variables, learning_rate):
         for grad, variable in zip(grads, variables):
-            if self.weight_decay is not None and self._use_weight_decay(
-                variable
-            ):
-                lr = tf.cast(learning_rate, variable.dtype)
-                wd = tf.cast(self.weight_decay, variable.dtype)
-                variable.assign_sub(variable * wd * lr)
             self.update_step(grad, variable, learning_rate)
 
     def get_config(self):

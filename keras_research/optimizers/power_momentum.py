@@ -16,8 +16,8 @@ class PowerMomentum(CustomOptimizer):
     a higher-order power of the gradient and steps along it. It is the kind
     of rule real optimizers are made of (element-wise powers, signs,
     moving averages), and run op by op it is several kernel launches per
-    variable; on `CustomOptimizer` all variables are updated in one
-    XLA-compiled call. With `g` the gradient, `p` the `power`, `mu` the
+    variable; on `CustomOptimizer` XLA fuses them into one kernel per large
+    variable. With `g` the gradient, `p` the `power`, `mu` the
     `momentum` and `lr` the learning rate:
 
     ```
@@ -39,8 +39,9 @@ class PowerMomentum(CustomOptimizer):
             Defaults to `2.0`.
         momentum: Float in [0, 1). Decay `mu` of the moving average.
             Defaults to `0.9`.
-        jit_compile: Boolean. Whether the update runs as one XLA-compiled
-            call (`True`, the default) or op by op (`False`).
+        jit_compile: Boolean. Whether the rule is compiled by XLA as
+            described in `CustomOptimizer` (`True`, the default) or runs
+            op by op (`False`).
         **kwargs: The other arguments of `keras.optimizers.Optimizer`
             (`weight_decay`, `clipnorm`, `clipvalue`, `global_clipnorm`,
             `use_ema`, `ema_momentum`, `ema_overwrite_frequency`,

@@ -1,5 +1,7 @@
 """Tests of `keras_research.optimizers.Adam` against Keras and NumPy."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -46,6 +48,9 @@ def test_conformance(amsgrad, jit_compile):
         ),
         _numpy_adam(lr=0.01, amsgrad=amsgrad),
         num_steps=6,
+        # The large kernel takes the compiled path, the small ones run op
+        # by op.
+        shapes=((3, 4), (130, 128), (4,)),
         check_saving=jit_compile and amsgrad,
     )
 
@@ -69,6 +74,7 @@ def test_matches_keras_adam_over_100_steps(amsgrad):
     init = [
         rng.normal(size=(5, 4)).astype("float32"),
         rng.normal(size=(4,)).astype("float32"),
+        rng.normal(size=(130, 128)).astype("float32"),  # Compiled.
     ]
     grads = [
         [rng.normal(size=w.shape).astype("float32") for w in init]
@@ -184,15 +190,25 @@ def test_non_finite_gradients_behave_as_keras():
         assert float(optimizer.dynamic_scale) == 2.0**14
 
 
-def _indexed_slices(ids, rng):
-    values = tf.constant(rng.normal(size=(len(ids), 3)).astype("float32"))
-    return tf.IndexedSlices(values, tf.constant(ids), tf.constant([10, 3]))
+def _indexed_slices(ids, rng, shape=(10, 3)):
+    values = rng.normal(size=(len(ids), shape[1])).astype("float32")
+    return tf.IndexedSlices(
+        tf.constant(values), tf.constant(ids), tf.constant(shape)
+    )
 
 
-def test_sparse_gradient_without_duplicates_matches_keras():
+# A 10 x 3 table runs op by op, a 2000 x 16 one in a compiled call.
+TABLES = pytest.mark.parametrize("shape", [(10, 3), (2000, 16)])
+
+
+@TABLES
+def test_sparse_gradient_without_duplicates_matches_keras(shape):
     rng = np.random.default_rng(0)
-    table = rng.normal(size=(10, 3)).astype("float32")
-    grads = [_indexed_slices([1, 4, 7], rng), _indexed_slices([4, 2], rng)]
+    table = rng.normal(size=shape).astype("float32")
+    grads = [
+        _indexed_slices([1, 4, 7], rng, shape),
+        _indexed_slices([4, 2], rng, shape),
+    ]
     results = []
     for optimizer in (keras.optimizers.Adam(0.1), Adam(0.1)):
         variable = keras.Variable(table)
@@ -205,13 +221,14 @@ def test_sparse_gradient_without_duplicates_matches_keras():
     np.testing.assert_array_equal(results[1][untouched], table[untouched])
 
 
-def test_sparse_gradient_with_duplicates_is_summed_first():
+@TABLES
+def test_sparse_gradient_with_duplicates_is_summed_first(shape):
     # Keras's Adam squares the rows of an IndexedSlices before summing
     # duplicates (sum of g_i**2); ours densifies first, so the second
     # moment sees (sum of g_i)**2: Adam on the true gradient.
     rng = np.random.default_rng(0)
-    table = rng.normal(size=(10, 3)).astype("float32")
-    grad = _indexed_slices([1, 4, 4, 7], rng)
+    table = rng.normal(size=shape).astype("float32")
+    grad = _indexed_slices([1, 4, 4, 7], rng, shape)
     variable = keras.Variable(table)
     step = _compiled_apply(Adam(0.1), [variable])
     step([grad])
@@ -220,7 +237,37 @@ def test_sparse_gradient_with_duplicates_is_summed_first():
     reference, state = table.astype("float64"), {}
     for t in (1, 2):
         reference = _numpy_adam(lr=0.1)(reference, dense, state, t)
-    np.testing.assert_allclose(variable.numpy(), reference, rtol=1e-5)
+    np.testing.assert_allclose(
+        variable.numpy(), reference, rtol=1e-5, atol=1e-6
+    )
+
+
+@TABLES
+def test_repeated_id_first_step_is_lr_not_sqrt2_lr(shape):
+    # Row 4 is looked up twice with the same row gradient g, so the true
+    # gradient of that row is 2g and Adam's first step is lr * sign(g).
+    # Keras's Adam accumulates m and v per IndexedSlices row (m = 0.2 g,
+    # v = 0.002 g**2): its step is sqrt(2) * lr. Ours is lr, as for any
+    # row looked up once, and as Keras's Adam on the dense gradient.
+    values = tf.constant(np.full((3, shape[1]), 0.5, "float32"))
+    grad = tf.IndexedSlices(
+        values, tf.constant([4, 4, 7]), tf.constant(shape)
+    )
+    steps = {}
+    for name, optimizer in (
+        ("keras", keras.optimizers.Adam(0.1)),
+        ("ours", Adam(0.1)),
+        ("keras dense", keras.optimizers.Adam(0.1)),
+    ):
+        variable = keras.Variable(np.zeros(shape, "float32"))
+        g = tf.convert_to_tensor(grad) if name == "keras dense" else grad
+        _compiled_apply(optimizer, [variable])([g])
+        steps[name] = -variable.numpy()[[4, 7], 0]
+    np.testing.assert_allclose(steps["ours"], [0.1, 0.1], rtol=1e-4)
+    np.testing.assert_allclose(steps["keras dense"], steps["ours"], rtol=1e-6)
+    np.testing.assert_allclose(
+        steps["keras"], [0.1 * np.sqrt(2), 0.1], rtol=1e-4
+    )
 
 
 def test_embedding_model_fit_lowers_loss():
@@ -289,7 +336,14 @@ def test_same_arguments_and_defaults_as_keras_adam():
     theirs = inspect.signature(keras.optimizers.Adam.__init__).parameters
     for name, parameter in theirs.items():
         assert name in ours, name
-        assert ours[name].default == parameter.default, name
+        if name != "name":  # "adam" before Keras 3.15, then None.
+            assert ours[name].default == parameter.default, name
+    # Both resolve to "adam" (made unique as "adam_1", ... per session).
+    default_names = {
+        re.sub(r"_\d+$", "", cls().name)
+        for cls in (keras.optimizers.Adam, Adam)
+    }
+    assert default_names == {"adam"}
     keras_config = keras.optimizers.Adam().get_config()
     our_config = Adam().get_config()
     our_config.pop("jit_compile")

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras_research
 from keras_research.optimizers import Adam, Adan, CustomOptimizer, PowerMomentum
+from tests.optimizers._momentum_sgd import MomentumSGD
 
 OPTIMIZERS = {
     "Adam": lambda: Adam(learning_rate=0.05),
@@ -84,3 +85,84 @@ def test_fit_lowers_loss_mirrored_strategy(name):
         copies = [v.numpy() for v in weight.value.values]
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
+
+
+# Every shipped optimizer plus a user-written rule on the template.
+WITH_USER_RULE = {**OPTIMIZERS, "MomentumSGD": lambda: MomentumSGD(0.05)}
+LR, WD = 0.05, 0.5
+
+
+def _decayed_only(init, steps):
+    """Keras's decoupled decay alone, in float32, `steps` times."""
+    w = init.copy()
+    for _ in range(steps):
+        w = w - w * np.float32(WD) * np.float32(LR)
+    return w
+
+
+def _with_weight_decay(name):
+    optimizer = WITH_USER_RULE[name]()
+    config = optimizer.get_config()
+    config.update(learning_rate=LR, weight_decay=WD)
+    return type(optimizer).from_config(config)
+
+
+@pytest.mark.parametrize("name", sorted(WITH_USER_RULE))
+@pytest.mark.parametrize(
+    "mode", ["eager", "tf.function", "xla_step", "uncompiled_rule"]
+)
+def test_weight_decay_is_applied_exactly_once_per_step(name, mode):
+    # With zero gradients every rule here leaves the variables alone, so
+    # after 3 steps they must have decayed exactly 3 times: a decay that is
+    # skipped (0 times) or applied by both Keras and the rule (6 times)
+    # fails. A 128 x 128 kernel takes the compiled path, its bias runs op
+    # by op.
+    rng = np.random.default_rng(0)
+    inits = [
+        rng.normal(size=s).astype("float32") for s in [(128, 128), (128,)]
+    ]
+    variables = [keras.Variable(w) for w in inits]
+    optimizer = _with_weight_decay(name)
+    if mode == "uncompiled_rule":
+        optimizer.jit_compile = False
+    grads = [tf.zeros(w.shape) for w in inits]
+
+    def apply(grads):  # Variables captured, not passed.
+        optimizer.apply(grads, variables)
+
+    step = {
+        "eager": apply,
+        "tf.function": tf.function(apply),
+        "xla_step": tf.function(apply, jit_compile=True),
+        "uncompiled_rule": tf.function(apply),
+    }[mode]
+    for _ in range(3):
+        step(grads)
+    for variable, init in zip(variables, inits):
+        np.testing.assert_allclose(
+            variable.numpy(), _decayed_only(init, 3), rtol=1e-6, atol=1e-7
+        )
+
+
+@pytest.mark.parametrize("name", sorted(WITH_USER_RULE))
+@pytest.mark.parametrize("model_jit_compile", [False, True])
+def test_weight_decay_is_applied_exactly_once_per_fit_step(
+    name, model_jit_compile
+):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((128,)), keras.layers.Dense(128), keras.layers.Dense(1)]
+    )
+    inits = [w.copy() for w in model.get_weights()]
+    model.compile(
+        optimizer=_with_weight_decay(name),
+        loss=lambda y, p: 0.0 * keras.ops.sum(p),  # Zero gradients.
+        jit_compile=model_jit_compile,
+    )
+    x = np.ones((8, 128), "float32")
+    model.fit(x, np.ones((8, 1)), batch_size=4, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 2
+    for weight, init in zip(model.get_weights(), inits):
+        np.testing.assert_allclose(
+            weight, _decayed_only(init, 2), rtol=1e-6, atol=1e-7
+        )
