@@ -246,3 +246,18 @@ def test_flatten_forms_agree():
                                   [0, 0, 0, 1, 1, 1, 2, 2, 2])
     assert int(flat_r.num_bags) == int(flat_s.num_bags) == 3
     assert int(flat_d.num_bags) == 3
+
+
+def test_read_table_uses_the_no_copy_read_where_tf_has_it():
+    # Pins the one TF method beyond the standard ops (docs/INTERNALS.md):
+    # resource variables read without a copy, other tables read normally,
+    # with equal values either way.
+    variable = tf.Variable(np.arange(6.0, dtype="float32").reshape(3, 2))
+    assert hasattr(type(variable), "read_value_no_copy")
+    np.testing.assert_array_equal(
+        ops.read_table(variable), variable.numpy()
+    )
+    constant = tf.constant(variable.numpy())
+    np.testing.assert_array_equal(
+        ops.read_table(constant), variable.numpy()
+    )
