@@ -6,8 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_research import _low_rank
 from keras_research._export import register
-from keras_research.layers import _low_rank
 
 
 @register

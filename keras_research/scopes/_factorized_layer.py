@@ -35,8 +35,8 @@ import functools
 import keras
 import numpy as np
 
+from keras_research import _low_rank
 from keras_research._export import PACKAGE
-from keras_research.layers import _low_rank
 from keras_research.scopes import _add_weight_hook, _fast_paths, _records
 from keras_research.scopes._factorized_weight import (
     FactorizedWeight,

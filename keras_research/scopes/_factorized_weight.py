@@ -12,7 +12,7 @@ The two differ only where the objects they stand in for differ: a
 `keras.Variable` has a `value` property, a `tf.Variable` a `value()`
 method and a `tf.TensorShape`. Everything else (the tensor conversion,
 NumPy conversion, operators, truncated-SVD `assign`) is their shared base,
-`_Factorized`. The SVD arithmetic is in `keras_research/layers/_low_rank.py`.
+`_Factorized`. The SVD arithmetic is in `keras_research/_low_rank.py`.
 
 Both convert to a tensor (`__tf_tensor__`), so any code that uses the
 weight as a tensor (`ops.matmul(x, self.kernel)`, `tf.nn.conv2d`, ...)
@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_research.layers import _low_rank
+from keras_research import _low_rank
 
 
 class SpectralInitializer:

@@ -17,7 +17,7 @@ through the layers' public `kernel` / `embeddings` properties.
 import keras
 from keras import ops
 
-from keras_research.layers import _low_rank
+from keras_research import _low_rank
 from keras_research.scopes._factorized_weight import FactorizedWeight
 
 

@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_research.layers import _low_rank
+from keras_research import _low_rank
 
 DEFAULT_MIN_SIZE = 4096
 

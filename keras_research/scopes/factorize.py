@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_research.layers import _low_rank
+from keras_research import _low_rank
 from keras_research.scopes import _add_weight_hook, _factorized_layer
 from keras_research.scopes import _selection as sel
 from keras_research.scopes._selection import FactorizationReport

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_research.layers import _low_rank
+from keras_research import _low_rank
 from keras_research.scopes import _add_weight_hook, _factorized_layer
 from keras_research.scopes import _selection as sel
 from keras_research.scopes import weight_creator_scope as _wcs

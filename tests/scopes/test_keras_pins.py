@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_research
-from keras_research.layers import _low_rank
+from keras_research import _low_rank
 from keras_research.scopes import _add_weight_hook, _factorized_layer
 from keras_research.scopes._factorized_weight import FactorizedWeight
 

@@ -1,7 +1,7 @@
 """The factorization tools' imports point one way (issue 14, point 2).
 
 public modules (`layers/factorized_dense.py`, `scopes/factorized_scope.py`,
-`scopes/factorize.py`) -> private scope modules -> `layers/_low_rank.py`
+`scopes/factorize.py`) -> private scope modules -> `_low_rank.py`
 (the math, which imports nothing from the package).
 """
 
@@ -28,12 +28,12 @@ def _imports(relative):
 
 
 def test_math_module_imports_nothing_from_the_package():
-    assert not [m for m in _imports("layers/_low_rank.py")
+    assert not [m for m in _imports("_low_rank.py")
                 if m.startswith("keras_research")]
 
 
 @pytest.mark.parametrize(
-    "module", ["layers/factorized_dense.py", "layers/_low_rank.py"]
+    "module", ["layers/factorized_dense.py", "_low_rank.py"]
 )
 def test_layers_do_not_import_scopes(module):
     assert not [m for m in _imports(module)
@@ -51,7 +51,7 @@ def test_public_scope_modules_do_not_import_each_other():
 def test_modules_stay_small():
     for path in list((PACKAGE / "scopes").glob("*.py")) + [
         PACKAGE / "layers" / "factorized_dense.py",
-        PACKAGE / "layers" / "_low_rank.py",
+        PACKAGE / "_low_rank.py",
     ]:
         lines = len(path.read_text().splitlines())
         assert lines <= 400, f"{path.name} has {lines} lines"
