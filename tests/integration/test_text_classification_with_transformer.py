@@ -65,8 +65,8 @@ def test_transformer_with_adam_and_activation(save_and_reload):
 
 
 @pytest.mark.xfail(
-    reason="needs scopes branch: factorize rebuilds the model from its "
-    "config, and the custom layers' sublayers get new automatic names",
+    reason="known limitation: factorize rebuilds the model from its config, "
+    "and the custom layers' auto-named sublayers get new names",
     strict=False,
 )
 def test_transformer_factorized_post_hoc(save_and_reload):
