@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.reliability import _cluster
 
@@ -60,6 +61,12 @@ def test_two_workers_match_one_worker(model, tmp_path):
         assert [w.shape for w in reference[:2]] == [(500, 4), (4, 16)]
 
 
+@pytest.mark.xfail(
+    tf.__version__.startswith("2.19."),
+    reason="TF 2.19 does not apply the worker's register timeout: the worker "
+    "ends at the watchdog deadline instead (docs/VERSIONS.md)",
+    strict=False,
+)
 def test_worker_without_leader_fails_fast(tmp_path):
     """Task 1 of 2, alone: registering with the absent leader times out."""
     ports = _cluster.free_ports(2)
