@@ -10,36 +10,36 @@ index repeats.
 
 Two paths:
 
-- `reduce_bags` (eager and graph): `segment_ids` sorted, ids already
-  filtered. Unweighted `"sum"`/`"mean"`/`"sqrtn"` use one fused TF kernel
-  (`tf.sparse.segment_*(..., sparse_gradient=True)`) whose gradient
-  de-duplicates the ids itself. Weighted bags gather each distinct row once
-  (`tf.unique`) and reduce with one sparse x dense product, whose gradient
-  with respect to those rows is dense. `"max"` and `max_norm` gather
-  distinct rows too.
+- `reduce_bags` (eager and graph): ids already filtered, `segment_ids`
+  sorted. The ids are split into `NUM_SHARDS` groups by `id %
+  NUM_SHARDS` (order kept, so each group's `segment_ids` stay sorted).
+  Unweighted float32/float64 groups run one fused kernel each way
+  (`tf.sparse.segment_sum(..., sparse_gradient=True)`, whose backward sums
+  one gradient row per distinct id); the other groups gather each of their
+  distinct rows once (`tf.unique`) and reduce their bags with one sparse
+  (bags x distinct ids) x dense (distinct rows) product, whose gradient with
+  respect to those rows is dense. The groups' partial sums are added (`max`:
+  their maximum) and divided once. TensorFlow's segment, unique and sparse
+  kernels run on one thread each: independent groups run in parallel on the
+  inter-op thread pool, and each group's smaller working set stays in
+  cache. A group's distinct ids are distinct from every other group's, so
+  the table gradient (the groups' `IndexedSlices`, concatenated by the
+  tape) still repeats no index.
 - `reduce_bags_masked` (XLA): no sorted-segment, sparse or `tf.unique`
   kernel exists, so ids to drop are masked instead of removed, distinct ids
   come from a sort (`unique_static`) and bags are reduced with
   `tf.math.unsorted_segment_sum` / `unsorted_segment_max`.
 """
 
-import inspect
-
 import tensorflow as tf
 
 COMBINERS = ("sum", "mean", "sqrtn", "max")
 
-# `sparse_gradient` exists in every TF this package supports (2.16+); it came
-# with TF 2.15. Without it, the distinct-rows path gives the same results.
-HAS_SPARSE_GRADIENT = (
-    "sparse_gradient" in inspect.signature(tf.sparse.segment_sum).parameters
-)
-
-_FUSED = {
-    "sum": tf.sparse.segment_sum,
-    "mean": tf.sparse.segment_mean,
-    "sqrtn": tf.sparse.segment_sqrt_n,
-}
+# Groups of ids reduced independently on the graph path. 8 was the fastest
+# of 1-32 on 2 cores for 5k-170k ids per batch (benchmarks/RESULTS.md),
+# also on one core (smaller working sets), and costs ~0.2 ms per call on
+# batches of a few hundred ids.
+NUM_SHARDS = 8
 
 
 def accumulation_dtype(dtype):
@@ -147,55 +147,30 @@ def _divide(total, divisor):
     return tf.math.divide_no_nan(total, divisor[:, None])
 
 
-def reduce_bags(
-    table, ids, segment_ids, num_bags, combiner, weights=None, max_norm=None
-):
-    """Eager/graph path: sorted `segment_ids`, every id kept and valid."""
-    num_bags = tf.cast(num_bags, tf.int32)
-    acc = accumulation_dtype(table.dtype)
-    if weights is not None:
-        weights = tf.cast(weights, acc)
-    if combiner != "max" and weights is None and max_norm is None:
-        if HAS_SPARSE_GRADIENT:
-            # One kernel forward (gather + segment reduction); the backward
-            # kernel sorts the ids and sums one gradient row per distinct id.
-            # It accumulates float16/bfloat16 in float32.
-            reduced = _FUSED[combiner](
-                read_table(table),
-                ids,
-                segment_ids,
-                num_segments=num_bags,
-                sparse_gradient=True,
-            )
-            return tf.cast(reduced, acc)
-        rows, position = distinct_rows(table, ids)
-        return _FUSED[combiner](
-            rows, position, segment_ids, num_segments=num_bags
-        )
+def shard_by_id(ids, segment_ids, weights, num_shards):
+    """Splits `(ids, segment_ids, weights)` into groups by `id % num_shards`.
 
+    Returns a list of `(ids, segment_ids, weights)` triples, one per group
+    (`weights` may be `None`); equal ids always land in the same group.
+    """
+    if num_shards == 1:
+        return [(ids, segment_ids, weights)]
+    group = tf.cast(tf.math.floormod(ids, num_shards), tf.int32)
+    parts = [
+        tf.dynamic_partition(ids, group, num_shards),
+        tf.dynamic_partition(segment_ids, group, num_shards),
+        [None] * num_shards
+        if weights is None
+        else tf.dynamic_partition(weights, group, num_shards),
+    ]
+    return list(zip(*parts))
+
+
+def _sum_bags(table, ids, segment_ids, num_bags, weights, max_norm):
+    """`sum_k w_k e_{i_k}` per bag: distinct rows x a sparse bag matrix."""
     rows, position = distinct_rows(table, ids, max_norm)
-    if combiner == "max":
-        vectors = tf.gather(rows, position)
-        if weights is not None:
-            vectors = vectors * weights[:, None]
-        reduced = tf.math.segment_max(vectors, segment_ids)
-        # Sorted segment ops stop at the last non-empty bag: pad the rest.
-        missing = num_bags - tf.shape(reduced, out_type=tf.int32)[0]
-        reduced = tf.pad(reduced, [[0, missing], [0, 0]])
-        counts = tf.math.bincount(
-            tf.cast(segment_ids, tf.int32),
-            minlength=num_bags,
-            maxlength=num_bags,
-        )
-        return tf.where(tf.greater(counts, 0)[:, None], reduced, 0.0)
     if weights is None:
-        return _FUSED[combiner](
-            rows, position, segment_ids, num_segments=num_bags
-        )
-    # Weighted: one sparse (bags x distinct ids) x dense (distinct rows)
-    # product. Its gradient with respect to the rows is dense, so the table
-    # gradient has one row per distinct id, and no (ids, dim) tensor is
-    # materialized in either direction.
+        weights = tf.ones_like(ids, rows.dtype)
     matrix = tf.SparseTensor(
         tf.stack([tf.cast(segment_ids, tf.int64), position], axis=1),
         weights,
@@ -203,9 +178,72 @@ def reduce_bags(
             [tf.cast(num_bags, tf.int64), tf.shape(rows, out_type=tf.int64)[0]]
         ),
     )
-    total = tf.sparse.sparse_dense_matmul(matrix, rows)
+    return tf.sparse.sparse_dense_matmul(matrix, rows)
+
+
+def _max_bags(table, ids, segment_ids, num_bags, weights, max_norm):
+    """Element-wise max of `w_k e_{i_k}` per bag; empty bags: lowest."""
+    rows, position = distinct_rows(table, ids, max_norm)
+    vectors = tf.gather(rows, position)
+    if weights is not None:
+        vectors = vectors * weights[:, None]
+    return tf.math.unsorted_segment_max(vectors, segment_ids, num_bags)
+
+
+def reduce_bags(
+    table,
+    ids,
+    segment_ids,
+    num_bags,
+    combiner,
+    weights=None,
+    max_norm=None,
+    num_shards=NUM_SHARDS,
+):
+    """Eager/graph path: every id kept and valid, `segment_ids` sorted."""
+    num_bags = tf.cast(num_bags, tf.int32)
+    acc = accumulation_dtype(table.dtype)
+    if weights is not None:
+        weights = tf.cast(weights, acc)
+    table = read_table(table)
+    shards = shard_by_id(ids, segment_ids, weights, num_shards)
+    counts = tf.math.bincount(
+        tf.cast(segment_ids, tf.int32),
+        minlength=num_bags,
+        maxlength=num_bags,
+        dtype=acc,
+    )
+    if combiner == "max":
+        partial = [
+            _max_bags(table, i, s, num_bags, w, max_norm) for i, s, w in shards
+        ]
+        # `reduce_max` splits the gradient between equal maxima, as
+        # `segment_max` does within a bag.
+        reduced = (
+            partial[0]
+            if len(partial) == 1
+            else tf.reduce_max(tf.stack(partial), axis=0)
+        )
+        return tf.where(tf.greater(counts, 0)[:, None], reduced, 0.0)
+    if weights is None and max_norm is None and acc == table.dtype:
+        # One fused kernel each way per group (gather + segment sum; its
+        # backward sums one gradient row per distinct id). float16/bfloat16
+        # tables take the product below instead, which accumulates the
+        # groups in float32.
+        partial = [
+            tf.sparse.segment_sum(
+                table, i, s, num_segments=num_bags, sparse_gradient=True
+            )
+            for i, s, _ in shards
+        ]
+    else:
+        partial = [
+            _sum_bags(table, i, s, num_bags, w, max_norm)
+            for i, s, w in shards
+        ]
+    total = partial[0] if len(partial) == 1 else tf.add_n(partial)
     return _divide(
-        total, _divisor(combiner, weights, segment_ids, num_bags, None)
+        total, _divisor(combiner, weights, segment_ids, num_bags, counts)
     )
 
 

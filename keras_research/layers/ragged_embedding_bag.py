@@ -60,11 +60,13 @@ class RaggedEmbeddingBag(keras.layers.Layer):
 
     Execution paths (timings: `benchmarks/RESULTS.md`):
 
-    - Without XLA, unweighted `"sum"`, `"mean"` and `"sqrtn"` run one fused
-      TensorFlow kernel each way (`tf.sparse.segment_*` with
-      `sparse_gradient=True`); weighted bags gather each distinct row once
-      and reduce with one sparse x dense product; `"max"` and `max_norm`
-      gather distinct rows too. Padding and ignored ids are removed first.
+    - Without XLA, padding and ignored ids are removed first, then the ids
+      are split into 8 groups by `id % 8` that run in parallel on
+      TensorFlow's inter-op threads. Each unweighted float32/float64 group
+      runs one fused TensorFlow kernel each way (`tf.sparse.segment_sum`
+      with `sparse_gradient=True`); weighted groups, float16/bfloat16
+      tables and `max_norm` gather each distinct row once and reduce with
+      one sparse x dense product; `"max"` gathers distinct rows too.
     - Under XLA (`jit_compile=True`) those kernels do not exist: the layer
       masks padding instead of removing it, finds distinct ids with a sort
       and reduces with `tf.math.unsorted_segment_sum` / `_max`. On CPU the

@@ -108,19 +108,17 @@ def table_gradient(fn, table, *args, **kwargs):
 @pytest.mark.parametrize("max_norm", (None, 1.3))
 @pytest.mark.parametrize("weighted", (False, True), ids=("plain", "weighted"))
 @pytest.mark.parametrize("combiner", COMBINERS)
-@pytest.mark.parametrize("fused", (True, False), ids=("fused", "fallback"))
-def test_gradient_has_one_row_per_distinct_id(fused, combiner, weighted,
-                                              max_norm, monkeypatch):
-    if not fused:
-        # The path taken on a TensorFlow without `sparse_gradient`.
-        monkeypatch.setattr(ops, "HAS_SPARSE_GRADIENT", False)
+@pytest.mark.parametrize("num_shards", (1, 3, 8))
+def test_gradient_has_one_row_per_distinct_id(num_shards, combiner, weighted,
+                                              max_norm):
     table, ids, segment_ids, weights = make_case(3)
     table = table.astype(np.float32)
     args = (tf.constant(ids, tf.int64), tf.constant(segment_ids, tf.int64), 9)
     kwargs = {"combiner": combiner, "max_norm": max_norm,
               "weights": tf.constant(weights, tf.float32) if weighted
               else None}
-    g = table_gradient(ops.reduce_bags, table, *args, **kwargs)
+    g = table_gradient(ops.reduce_bags, table, *args, **kwargs,
+                       num_shards=num_shards)
     assert isinstance(g, tf.IndexedSlices)
     indices = g.indices.numpy()
     assert sorted(indices.tolist()) == sorted(set(ids.tolist()))
@@ -261,3 +259,21 @@ def test_read_table_uses_the_no_copy_read_where_tf_has_it():
     np.testing.assert_array_equal(
         ops.read_table(constant), variable.numpy()
     )
+
+
+@pytest.mark.parametrize("num_shards", (1, 2, 8))
+def test_max_gradient_between_tied_rows_is_a_subgradient(num_shards):
+    """Equal rows in one bag (ids 0 and 1 fall in different groups when
+    sharded): the gradient is split between them, summing to the upstream
+    gradient, as `tf.math.segment_max` splits it within a bag."""
+    table = np.ones((4, 3), np.float32)
+    g = table_gradient(
+        lambda t, *a, **k: tf.pad(ops.reduce_bags(t, *a, **k),
+                                  [[0, 8], [0, 0]]),
+        table, tf.constant([0, 1, 3], tf.int64),
+        tf.constant([0, 0, 0], tf.int64), 1, combiner="max",
+        num_shards=num_shards)
+    dense = tf.convert_to_tensor(g).numpy()
+    # Upstream gradient of bag 0 is 1.0 (tf.range(1.0, 10.0)[0]).
+    np.testing.assert_allclose(dense.sum(axis=0), np.ones(3), rtol=1e-6)
+    assert (dense >= 0).all() and dense[2].sum() == 0
