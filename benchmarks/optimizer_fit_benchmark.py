@@ -248,20 +248,25 @@ def bench_model(model_name, names, rounds, steps, smoke):
         for _ in range(3):
             _sync(fn())
     samples = collections.defaultdict(list)
+    cpu = collections.defaultdict(list)
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 logs = fns[name]()
             _sync(logs)
             samples[name].append((time.perf_counter() - start) / steps)
+            cpu[name].append((time.process_time() - start_cpu) / steps)
     best = {n: min(s) for n, s in samples.items()}
-    print(f"## {model_name}: {rounds} rounds x {steps} steps, ms per step")
+    print(f"## {model_name}: {rounds} rounds x {steps} steps, ms per step "
+          "(wall; CPU = process time summed over threads)")
     for name in names:
         print(
             f"{name:<18} min {best[name] * 1e3:8.2f}  "
-            f"median {statistics.median(samples[name]) * 1e3:8.2f}"
+            f"median {statistics.median(samples[name]) * 1e3:8.2f}  "
+            f"CPU min {min(cpu[name]) * 1e3:8.2f}  "
+            f"median {statistics.median(cpu[name]) * 1e3:8.2f}"
         )
     for candidate, baseline in PAIRS:
         if candidate in best and baseline in best:

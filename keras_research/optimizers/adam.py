@@ -145,15 +145,19 @@ class Adam(CustomOptimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(gradient, dtype)
-        local_step = ops.cast(self.iterations + 1, dtype)
-        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
-        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
         m = self.get_slot(variable, "momentum")
         v = self.get_slot(variable, "velocity")
 
-        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        def step_size():
+            lr = ops.cast(learning_rate, dtype)
+            local_step = ops.cast(self.iterations + 1, dtype)
+            beta_1_power = ops.power(ops.cast(self.beta_1, dtype), local_step)
+            beta_2_power = ops.power(ops.cast(self.beta_2, dtype), local_step)
+            return lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+
+        # The same for every variable of a dtype: computed once per step.
+        alpha = self._shared(("alpha", dtype), step_size)
         self.assign_add(
             m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1)
         )

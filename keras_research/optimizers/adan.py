@@ -125,31 +125,40 @@ class Adan(CustomOptimizer):
         def const(value):
             return ops.convert_to_tensor(value, dtype=dtype)
 
-        lr = ops.cast(learning_rate, dtype)
         g = ops.cast(gradient, dtype)
         beta_1, beta_2, beta_3 = (
             const(self.beta_1),
             const(self.beta_2),
             const(self.beta_3),
         )
-        t = ops.cast(self.iterations + 1, dtype)
+
+        def step_terms():
+            t = ops.cast(self.iterations + 1, dtype)
+            return (
+                ops.cast(learning_rate, dtype),
+                # At the first step there is no previous gradient: d = 0.
+                ops.cast(ops.greater(t, 1), dtype),
+                1 - ops.power(beta_1, t),
+                1 - ops.power(beta_2, t),
+                1 - ops.power(beta_3, t),
+            )
+
+        # The same for every variable of a dtype: computed once per step.
+        lr, has_previous, correction_1, correction_2, correction_3 = (
+            self._shared(("terms", dtype), step_terms)
+        )
         m = self.get_slot(variable, "momentum")
         v = self.get_slot(variable, "difference_momentum")
         n = self.get_slot(variable, "second_moment")
         g_prev = self.get_slot(variable, "previous_gradient")
 
-        # At the first step there is no previous gradient: d = 0.
-        d = (g - g_prev) * ops.cast(ops.greater(t, 1), dtype)
+        d = (g - g_prev) * has_previous
         self.assign(m, beta_1 * m + (1 - beta_1) * g)
         self.assign(v, beta_2 * v + (1 - beta_2) * d)
         self.assign(n, beta_3 * n + (1 - beta_3) * ops.square(g + beta_2 * d))
         self.assign(g_prev, g)
-        numerator = m / (1 - ops.power(beta_1, t)) + beta_2 * v / (
-            1 - ops.power(beta_2, t)
-        )
-        denominator = ops.sqrt(n / (1 - ops.power(beta_3, t))) + const(
-            self.epsilon
-        )
+        numerator = m / correction_1 + beta_2 * v / correction_2
+        denominator = ops.sqrt(n / correction_3) + const(self.epsilon)
         self.assign_sub(variable, lr * numerator / denominator)
 
     def get_config(self):

@@ -67,26 +67,28 @@ class CustomOptimizer(keras.optimizers.Optimizer):
     - in a train step that is itself XLA-compiled
       (`model.compile(jit_compile=True)`), nothing separately: the rule is
       traced inline and XLA fuses it with the rest of the step;
-    - otherwise, variables of 1,048,576 (2**20) elements or more (large
-      embedding tables, very wide layers) are updated by compiled calls over
-      buckets of about 2 M elements, the last layers' variables first
-      (their gradients are ready first); smaller variables run op by op, as
-      in Keras. One function is traced per bucket (and per replica
-      device), once for a whole `fit`. Variables are captured by the
-      compiled functions, gradients and the learning rate are passed as
-      tensors.
+    - otherwise, variables of 131,072 (2**17) elements or more (embedding
+      tables, wide layers such as a 512 x 512 `Dense` kernel) are updated
+      by compiled calls over buckets of about 4 M elements, the last
+      layers' variables first (their gradients are ready first); smaller
+      variables run op by op, as in Keras. One function is traced per
+      bucket (and per replica device), once for a whole `fit`. Variables
+      are captured by the compiled functions, gradients and the learning
+      rate are passed as tensors.
 
     Why the threshold: in a `fit` step that is not compiled as a whole,
     Keras's op-by-op update of a variable starts as soon as its gradient is
     ready and overlaps the rest of the backward pass, while a compiled call
-    waits for its whole bucket and hands its work to XLA's runtime; on CPU
-    that costs more than fusion saves, except for variables so large that
-    their update is a real share of the step (profile and measurements in
-    `benchmarks/RESULTS.md`, "Optimizers in `fit`"). So swapping the
-    template in does not slow `fit` down, and speeds up models with a large
-    embedding table (the text example's model); for smaller models the
-    compiled rule pays off in steps compiled as a whole
-    (`jit_compile=True`).
+    waits for its whole bucket and hands its work to XLA's runtime. On CPU
+    that costs more than fusion saves for small variables (convolution
+    kernels, narrow layers) and less for large ones (profile and
+    measurements in `benchmarks/RESULTS.md`, "Optimizers in `fit`").
+
+    The built-in rules also compute the terms that are the same for every
+    variable (cast learning rate, bias corrections) once per step and
+    dtype, where Keras's optimizers recompute them for each variable: on a
+    deep model of many small variables this removes most of the update's
+    ops, with the same values.
 
     Sparse gradients: a `tf.IndexedSlices` gradient (from an `Embedding` or
     `tf.gather`) is **densified** first with `tf.math.unsorted_segment_sum`
@@ -151,9 +153,9 @@ class CustomOptimizer(keras.optimizers.Optimizer):
 
     # Variables with fewer elements run op by op (see the class docstring;
     # `tests/optimizers/conftest.py` lowers it to test both paths).
-    _op_by_op_below = 2**20
+    _op_by_op_below = 2**17
     # Target number of elements per compiled call.
-    _bucket_elements = 2**21
+    _bucket_elements = 2**22
 
     def __init__(
         self,
@@ -378,8 +380,28 @@ class CustomOptimizer(keras.optimizers.Optimizer):
         compiled(grads, learning_rate)
 
     def _update_all(self, grads, variables, learning_rate):
-        for grad, variable in zip(grads, variables):
-            self.update_step(grad, variable, learning_rate)
+        self._fused.shared = {}
+        try:
+            for grad, variable in zip(grads, variables):
+                self.update_step(grad, variable, learning_rate)
+        finally:
+            self._fused.shared = None
+
+    def _shared(self, key, compute):
+        """`compute()` once per update for all the variables sharing `key`.
+
+        For the terms of a rule that do not depend on the variable (the
+        cast learning rate, bias corrections), keyed by dtype: computed once
+        per step instead of once per variable, which on a deep model of
+        small variables removes hundreds of scalar ops per step with the
+        same values. Outside an update it just calls `compute`.
+        """
+        cache = self._fused.shared
+        if cache is None:
+            return compute()
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
     def get_config(self):
         return {**super().get_config(), "jit_compile": self.jit_compile}
@@ -392,6 +414,7 @@ class _Bookkeeping:
         self.slots = {}  # slot name -> list aligned with the variables.
         self.functions = {}  # (device, variable keys) -> tf.function.
         self.trace_count = 0  # Traces of the compiled update, for tests.
+        self.shared = None  # `_shared`'s cache during one `_update_all`.
 
 
 def _densify(gradient, variable):

@@ -89,7 +89,9 @@ class PowerMomentum(CustomOptimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        lr = ops.cast(learning_rate, dtype)
+        lr = self._shared(
+            ("lr", dtype), lambda: ops.cast(learning_rate, dtype)
+        )
         gradient = ops.cast(gradient, dtype)
         momentum = ops.convert_to_tensor(self.momentum, dtype=dtype)
         average = self.get_slot(variable, "average")

@@ -96,16 +96,41 @@ def test_buckets_split_large_variables_from_the_last_backwards():
     assert sorted(_assign_subs(b) for b in bodies) == [1, 2]
 
 
-def test_default_threshold_compiles_only_tables_of_a_million_elements():
+def test_default_threshold_compiles_variables_of_131072_elements():
     # What the docstrings and the README state; measured in
     # benchmarks/RESULTS.md ("Optimizers in `fit`").
-    assert SHIPPED_THRESHOLD == 2**20
-    assert "1,048,576" in " ".join(CustomOptimizer.__doc__.split())
+    assert SHIPPED_THRESHOLD == 2**17
+    assert CustomOptimizer._bucket_elements == 2**22
+    assert "131,072" in " ".join(CustomOptimizer.__doc__.split())
     optimizer = Adam()
     optimizer._op_by_op_below = SHIPPED_THRESHOLD
-    shapes = [(200000, 16), (1024, 1024), (1023, 1024), (512, 512), (16,)]
+    shapes = [(200000, 16), (512, 512), (256, 512), (255, 512), (512,),
+              (1024, 2048)]
     plan = optimizer._plan([types.SimpleNamespace(shape=s) for s in shapes])
-    assert plan == [(False, [2, 3, 4]), (True, [1, 0])]
+    # Large ones from the last variable backwards, in buckets of >= 4 M.
+    assert plan == [(False, [3, 4]), (True, [5, 2, 1, 0])]
+
+
+@pytest.mark.parametrize("jit_compile", (True, False))
+def test_terms_shared_by_all_variables_are_computed_once_per_step(
+        jit_compile):
+    # Adam's bias corrections: one pair of `Pow` ops per dtype and step, not
+    # one per variable (Keras's Adam: 2 per variable).
+    shapes = [(3, 4), (4,), (4, 2), (2,)]
+    variables = [keras.Variable(np.ones(s, "float32")) for s in shapes]
+    optimizer = Adam(jit_compile=jit_compile)
+    optimizer.build(variables)
+    step = tf.function(lambda grads: optimizer.apply(grads, variables))
+    graph = step.get_concrete_function(
+        [tf.TensorSpec(s) for s in shapes]).graph
+    kinds = [op.type for op in graph.get_operations()]
+    assert kinds.count("Pow") == 2
+    keras_adam = keras.optimizers.Adam()
+    keras_adam.build(variables)
+    keras_step = tf.function(lambda grads: keras_adam.apply(grads, variables))
+    keras_graph = keras_step.get_concrete_function(
+        [tf.TensorSpec(s) for s in shapes]).graph
+    assert [op.type for op in keras_graph.get_operations()].count("Pow") == 8
 
 
 def test_small_variables_alone_make_no_xla_call():
