@@ -207,12 +207,16 @@ def reduce_bags(
         weights = tf.cast(weights, acc)
     table = read_table(table)
     shards = shard_by_id(ids, segment_ids, weights, num_shards)
-    counts = tf.math.bincount(
-        tf.cast(segment_ids, tf.int32),
-        minlength=num_bags,
-        maxlength=num_bags,
-        dtype=acc,
-    )
+    # Ids per bag: only `"max"` (empty bags) and unweighted `"mean"` /
+    # `"sqrtn"` (the divisor) use them.
+    counts = None
+    if combiner == "max" or (weights is None and combiner != "sum"):
+        counts = tf.math.bincount(
+            tf.cast(segment_ids, tf.int32),
+            minlength=num_bags,
+            maxlength=num_bags,
+            dtype=acc,
+        )
     if combiner == "max":
         partial = [
             _max_bags(table, i, s, num_bags, w, max_norm) for i, s, w in shards
@@ -241,7 +245,7 @@ def reduce_bags(
             _sum_bags(table, i, s, num_bags, w, max_norm)
             for i, s, w in shards
         ]
-    total = partial[0] if len(partial) == 1 else tf.add_n(partial)
+    total = tf.add_n(partial)
     return _divide(
         total, _divisor(combiner, weights, segment_ids, num_bags, counts)
     )
