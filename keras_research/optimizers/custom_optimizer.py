@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_research import _checks
 from keras_research._export import register
 from keras_research._xla import in_xla_context
+from keras_research.optimizers._update_plan import densify, plan_updates
 
 
 def _check_learning_rate(learning_rate):
@@ -299,7 +300,7 @@ class CustomOptimizer(keras.optimizers.Optimizer):
             for v in trainable_variables
         ]
         grads = [
-            _densify(g, v) if isinstance(g, tf.IndexedSlices) else g
+            densify(g, v) if isinstance(g, tf.IndexedSlices) else g
             for g, v in zip(grads, trainable_variables)
         ]
         learning_rate = tf.convert_to_tensor(learning_rate)
@@ -344,21 +345,7 @@ class CustomOptimizer(keras.optimizers.Optimizer):
         if not self.jit_compile or in_xla_context():
             return [(False, list(range(len(variables))))]
         sizes = [math.prod(v.shape) for v in variables]
-        small = [i for i, n in enumerate(sizes) if n < self._op_by_op_below]
-        plan = [(False, small)] if small else []
-        bucket, elements = [], 0
-        # From the last variable backwards: its gradient is ready first.
-        for i in reversed(range(len(variables))):
-            if sizes[i] < self._op_by_op_below:
-                continue
-            bucket.append(i)
-            elements += sizes[i]
-            if elements >= self._bucket_elements:
-                plan.append((True, bucket))
-                bucket, elements = [], 0
-        if bucket:
-            plan.append((True, bucket))
-        return plan
+        return plan_updates(sizes, self._op_by_op_below, self._bucket_elements)
 
     def _compiled_update(self, grads, variables, learning_rate):
         key = (
@@ -415,12 +402,3 @@ class _Bookkeeping:
         self.functions = {}  # (device, variable keys) -> tf.function.
         self.trace_count = 0  # Traces of the compiled update, for tests.
         self.shared = None  # `_shared`'s cache during one `_update_all`.
-
-
-def _densify(gradient, variable):
-    """Sums an `IndexedSlices` gradient into a dense, static-shape tensor."""
-    num_rows = variable.shape[0]
-    dense = tf.math.unsorted_segment_sum(
-        gradient.values, gradient.indices, num_segments=num_rows
-    )
-    return tf.reshape(dense, variable.shape)
