@@ -342,10 +342,18 @@ class CustomOptimizer(keras.optimizers.Optimizer):
 
     def _plan(self, variables):
         """Splits the variables into groups: `[(compiled, indices), ...]`."""
-        if not self.jit_compile or in_xla_context():
+        if not self._compiles_update() or in_xla_context():
             return [(False, list(range(len(variables))))]
         sizes = [math.prod(v.shape) for v in variables]
         return plan_updates(sizes, self._op_by_op_below, self._bucket_elements)
+
+    def _compiles_update(self):
+        """Whether large variables go through compiled calls (`_plan`).
+
+        A built-in rule that updates every variable with one native TF
+        kernel (`Adam(fused_kernel=True)`) runs it op by op instead.
+        """
+        return self.jit_compile
 
     def _compiled_update(self, grads, variables, learning_rate):
         key = (
