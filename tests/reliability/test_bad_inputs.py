@@ -306,6 +306,8 @@ CASES = [
     ("Adam", "beta_2", "-0.5", lambda _: optimizers.Adam(beta_2=-0.5)),
     ("Adam", "epsilon", "0", lambda _: optimizers.Adam(epsilon=0)),
     ("Adam", "amsgrad", "'yes'", lambda _: optimizers.Adam(amsgrad="yes")),
+    ("Adam", "fused_kernel", "'yes'",
+     lambda _: optimizers.Adam(fused_kernel="yes")),
     ("Adam", "weight_decay", "-1.0",
      lambda _: optimizers.Adam(weight_decay=-1.0)),
     ("Adan", "beta_3", "1.5", lambda _: optimizers.Adan(beta_3=1.5)),
