@@ -32,10 +32,11 @@ Optimizers, each against the optimizer a user would otherwise write:
 - a user-written heavy-ball rule on `keras.optimizers.Optimizer` vs the same
   `update_step` on `keras_research.optimizers.CustomOptimizer`.
 
-Run: `python benchmarks/optimizer_fit_benchmark.py` (estimated 3-5 minutes
-on 2 idle cores, not yet timed on one; `--models mlp_wide,text` and
+Run: `python benchmarks/optimizer_fit_benchmark.py` (about 14 minutes on 2
+idle cores with `--rounds 11 --steps 5`; `--models mlp_wide,text` and
 `--optimizers "keras Adam,ours Adam"` for subsets, `--smoke` for tiny
-sizes).
+sizes). Prefix `TF_CPU_ALLOCATOR_USE_BFC=true` to run TF's CPU allocator
+as a pool (see the page-fault column and `benchmarks/RESULTS.md`).
 `--profile MODEL` instead writes a TF profiler trace of a few steps of
 `MODEL` per optimizer and prints where the step time goes (see
 `benchmarks/RESULTS.md`). It never asserts timings.
@@ -45,6 +46,7 @@ import argparse
 import collections
 import glob
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -268,6 +270,10 @@ def _sync(logs):
             value.numpy()
 
 
+def _minor_page_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def bench_model(model_name, names, rounds, steps, smoke):
     fns = {name: make_step(model_name, name, smoke) for name in names}
     for fn in fns.values():  # Warm-up.
@@ -275,24 +281,30 @@ def bench_model(model_name, names, rounds, steps, smoke):
             _sync(fn())
     samples = collections.defaultdict(list)
     cpu = collections.defaultdict(list)
+    faults = collections.defaultdict(list)
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             start, start_cpu = time.perf_counter(), time.process_time()
+            start_faults = _minor_page_faults()
             for _ in range(steps):
                 logs = fns[name]()
             _sync(logs)
             samples[name].append((time.perf_counter() - start) / steps)
             cpu[name].append((time.process_time() - start_cpu) / steps)
+            faults[name].append((_minor_page_faults() - start_faults) / steps)
     best = {n: min(s) for n, s in samples.items()}
     print(f"## {model_name}: {rounds} rounds x {steps} steps, ms per step "
-          "(wall; CPU = process time summed over threads)")
+          "(wall; CPU = process time summed over threads; page faults = "
+          "minor page faults per step, median: memory the allocator got "
+          "back from the OS)")
     for name in names:
         print(
             f"{name:<18} min {best[name] * 1e3:8.2f}  "
             f"median {statistics.median(samples[name]) * 1e3:8.2f}  "
             f"CPU min {min(cpu[name]) * 1e3:8.2f}  "
-            f"median {statistics.median(cpu[name]) * 1e3:8.2f}"
+            f"median {statistics.median(cpu[name]) * 1e3:8.2f}  "
+            f"page faults {statistics.median(faults[name]):7.0f}"
         )
     for candidate, baseline in PAIRS:
         if candidate in best and baseline in best:

@@ -1,5 +1,7 @@
 """`Adam` written on the `CustomOptimizer` template (XLA-fused update)."""
 
+import math
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -35,11 +37,14 @@ class Adam(CustomOptimizer):
     their Section 2.1), as in Keras.
 
     `fused_kernel=True` trades Keras 3's exact arithmetic for speed: every
-    variable is updated in place by TensorFlow's native `ResourceApplyAdam`
-    kernel (`ResourceApplyAdamWithAmsgrad` with `amsgrad=True`), the kernel
+    variable of 131,072 (2**17) elements or more is updated in place by
+    TensorFlow's native `ResourceApplyAdam` kernel
+    (`ResourceApplyAdamWithAmsgrad` with `amsgrad=True`), the kernel
     `tf.keras` 2's Adam used: one multi-threaded kernel per variable that
-    starts as soon as that variable's gradient is ready. In `fit` on CPU
-    this is the fastest Adam here (on a 20 x Dense(512) MLP it removes
+    starts as soon as that variable's gradient is ready; smaller variables
+    run the same arithmetic op by op (a kernel launch costs them more than
+    it saves), and nothing is XLA-compiled. In `fit` on CPU this is
+    the fastest Adam here (on a 20 x Dense(512) MLP it removes
     most of the step time Keras's Adam spends beyond plain SGD; numbers in
     `benchmarks/RESULTS.md`). The formula is the one above, but the
     kernel computes `1 - beta_1` and `1 - beta_2` in the variable's dtype
@@ -54,7 +59,8 @@ class Adam(CustomOptimizer):
     kernel (in float16 and bfloat16 its `1 - beta` is far off); others,
     such as the weights of a `"float16"` dtype policy, keep the rule above.
 
-    Parity with `keras.optimizers.Adam`: for dense gradients (every weight
+    Parity with `keras.optimizers.Adam` (`fused_kernel=False`, the
+    default): for dense gradients (every weight
     of `Dense`, convolution, normalization and attention layers) the
     results equal Keras's to float32 rounding (1e-6 after 100 steps, tested),
     with every base feature (schedules, weight decay, clipping, EMA,
@@ -191,16 +197,27 @@ class Adam(CustomOptimizer):
 
         # The same for every variable of a dtype: computed once per step.
         alpha = self._shared(("alpha", dtype), step_size)
+        one_minus_beta_1, one_minus_beta_2 = 1 - self.beta_1, 1 - self.beta_2
         if self.fused_kernel and tf.as_dtype(dtype) in _FUSED_DTYPES:
-            self._apply_fused_kernel(gradient, variable, m, v, alpha)
-            return
+            if math.prod(variable.shape) >= self._op_by_op_below:
+                self._apply_fused_kernel(gradient, variable, m, v, alpha)
+                return
+            # A small variable's few ops cost less than a kernel launch:
+            # the kernel's arithmetic (`1 - beta` in `dtype`), op by op.
+            one_minus_beta_1, one_minus_beta_2 = self._shared(
+                ("kernel_one_minus_betas", dtype),
+                lambda: (
+                    tf.constant(1, dtype) - tf.constant(self.beta_1, dtype),
+                    tf.constant(1, dtype) - tf.constant(self.beta_2, dtype),
+                ),
+            )
         self.assign_add(
-            m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1)
+            m, ops.multiply(ops.subtract(gradient, m), one_minus_beta_1)
         )
         self.assign_add(
             v,
             ops.multiply(
-                ops.subtract(ops.square(gradient), v), 1 - self.beta_2
+                ops.subtract(ops.square(gradient), v), one_minus_beta_2
             ),
         )
         if self.amsgrad:
@@ -215,20 +232,27 @@ class Adam(CustomOptimizer):
         )
 
     def _apply_fused_kernel(self, gradient, variable, m, v, alpha):
-        # With both beta powers 0 the kernel's step size is `lr` exactly,
-        # so passing Keras's `alpha` as `lr` keeps Keras's step size.
         dtype = variable.dtype
-        zero = tf.zeros((), dtype)
+
+        def constants():
+            # With both beta powers 0 the kernel's step size is `lr`
+            # exactly, so passing Keras's `alpha` as `lr` keeps Keras's
+            # step size.
+            return dict(
+                beta1_power=tf.zeros((), dtype),
+                beta2_power=tf.zeros((), dtype),
+                beta1=tf.constant(self.beta_1, dtype),
+                beta2=tf.constant(self.beta_2, dtype),
+                epsilon=tf.constant(self.epsilon, dtype),
+            )
+
+        # Once per step and dtype, not once per variable (graph nodes).
         args = dict(
+            self._shared(("fused_kernel_constants", dtype), constants),
             var=_handle(variable),
             m=_handle(m),
             v=_handle(v),
-            beta1_power=zero,
-            beta2_power=zero,
             lr=alpha,
-            beta1=tf.constant(self.beta_1, dtype),
-            beta2=tf.constant(self.beta_2, dtype),
-            epsilon=tf.constant(self.epsilon, dtype),
             grad=gradient,
         )
         if self.amsgrad:

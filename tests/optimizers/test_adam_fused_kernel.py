@@ -219,24 +219,30 @@ def test_sparse_gradient_is_densified_first():
     np.testing.assert_array_equal(results[1], results[0])
 
 
-def test_runs_the_native_kernel_and_no_xla_call():
-    variables = [keras.Variable(np.ones((256, 512), "float32"))]
+@pytest.mark.parametrize(
+    "shape, uses_kernel", [((256, 512), True), ((512,), False)]
+)
+def test_native_kernel_for_large_variables_and_no_xla_call(shape, uses_kernel):
+    # 131,072 elements: at or above the threshold (16,384 in these tests);
+    # a bias of 512 runs the kernel's arithmetic op by op.
+    variables = [keras.Variable(np.ones(shape, "float32"))]
     for fused_kernel, amsgrad in ((True, False), (True, True), (False, False)):
         optimizer = Adam(fused_kernel=fused_kernel, amsgrad=amsgrad)
         optimizer.build(variables)
         step = _compiled_apply(optimizer, variables)
         graph = step.get_concrete_function(
-            [tf.TensorSpec((256, 512), tf.float32)]
+            [tf.TensorSpec(shape, tf.float32)]
         ).graph
         op_types = {op.type for op in graph.get_operations()}
         kernel = (
             "ResourceApplyAdamWithAmsgrad" if amsgrad else "ResourceApplyAdam"
         )
-        assert (kernel in op_types) == fused_kernel, op_types
-        step([tf.ones((256, 512))])
-        # The default compiles this 128k-element variable; the kernel path
-        # traces no compiled function.
-        assert (optimizer._fused.trace_count == 0) == fused_kernel
+        assert (kernel in op_types) == (fused_kernel and uses_kernel)
+        step([tf.ones(shape)])
+        # The default compiles the large variable; the kernel path traces
+        # no compiled function.
+        compiled = optimizer._fused.trace_count > 0
+        assert compiled == (uses_kernel and not fused_kernel)
 
 
 def test_saved_layout_is_keras_adams():
