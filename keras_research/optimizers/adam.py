@@ -95,10 +95,10 @@ class Adam(CustomOptimizer):
         jit_compile: Boolean. Whether the rule is compiled by XLA as
             described in `CustomOptimizer` (`True`, the default) or runs
             op by op (`False`). Ignored with `fused_kernel=True`.
-        fused_kernel: Boolean. If `True`, update every variable with
-            TensorFlow's native fused Adam kernel, with `tf.keras` 2's
-            rounding of `1 - beta` (see above). Defaults to `False`:
-            Keras 3's arithmetic.
+        fused_kernel: Boolean. If `True`, float32 and float64 variables
+            use `tf.keras` 2's rounding of `1 - beta`, and those of 2**17
+            elements or more are updated by TensorFlow's native fused Adam
+            kernel (see above). Defaults to `False`: Keras 3's arithmetic.
 
     Example:
 

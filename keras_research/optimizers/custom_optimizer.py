@@ -350,8 +350,9 @@ class CustomOptimizer(keras.optimizers.Optimizer):
     def _compiles_update(self):
         """Whether large variables go through compiled calls (`_plan`).
 
-        A built-in rule that updates every variable with one native TF
-        kernel (`Adam(fused_kernel=True)`) runs it op by op instead.
+        A built-in rule that updates its large variables with a native TF
+        kernel (`Adam(fused_kernel=True)`) returns `False`: the kernel is
+        already fused, so no XLA call is wrapped around it.
         """
         return self.jit_compile
 
