@@ -42,7 +42,9 @@ def _watchdog(seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=("text", "scope"), default="text")
+    parser.add_argument(
+        "--model", choices=("text", "text-fused", "scope"), default="text"
+    )
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)

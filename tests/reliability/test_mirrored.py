@@ -13,7 +13,7 @@ import tensorflow as tf
 from tests.reliability import _models
 
 
-@pytest.mark.parametrize("name", ["text", "scope"])
+@pytest.mark.parametrize("name", ["text", "text-fused", "scope"])
 def test_two_replicas_match_one_device(name):
     batches = _models.ragged_batches(6, 16, seed=11)
     model, callbacks = _models.MODELS[name]()

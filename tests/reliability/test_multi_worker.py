@@ -28,7 +28,7 @@ def _load(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["text", "scope"])
+@pytest.mark.parametrize("model", ["text", "text-fused", "scope"])
 def test_two_workers_match_one_worker(model, tmp_path):
     args = ["--model", model, "--steps", "12", "--batch-size", "16",
             "--deadline", "240"]
