@@ -323,6 +323,11 @@ def bench_model(model_name, names, rounds, steps, smoke):
     return best
 
 
+# Below this fraction of Keras Adam's step time, the Adam-to-SGD gap is
+# within this machine's noise and a share of it means nothing.
+NOISE_SHARE = 0.1
+
+
 def _print_gap_share(ours, samples, best):
     """How much of Keras Adam's extra time over SGD `ours` removes."""
     for label, stat in (
@@ -331,7 +336,16 @@ def _print_gap_share(ours, samples, best):
     ):
         gap = stat("keras Adam") - stat("keras SGD (bound)")
         captured = stat("keras Adam") - stat(ours)
-        if gap > 0:
+        if gap < NOISE_SHARE * stat("keras Adam"):
+            # A gap this small is within the step's run-to-run spread here
+            # (the Transformer's median gap once measured 0.01 ms, which
+            # printed a share of -136901%).
+            print(
+                f"{ours}: no share of the Adam-to-SGD gap ({label}): the gap "
+                f"({gap * 1e3:.2f} ms) is under {NOISE_SHARE:.0%} of the "
+                "step, within noise"
+            )
+        else:
             print(
                 f"{ours}: share of the Adam-to-SGD gap captured ({label}): "
                 f"{captured / gap:.0%} ({captured * 1e3:.2f} of "
