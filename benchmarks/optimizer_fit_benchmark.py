@@ -243,6 +243,10 @@ PAIRS = [
     ("user rule ours", "user rule keras"),
 ]
 
+# Below this fraction of Keras Adam's step time, the Adam-to-SGD gap is
+# within this machine's noise and a share of it means nothing.
+NOISE_SHARE = 0.1
+
 # ---------------------------------------------------------------- timing
 
 
@@ -321,11 +325,6 @@ def bench_model(model_name, names, rounds, steps, smoke):
             _print_gap_share(ours, samples, best)
     sys.stdout.flush()
     return best
-
-
-# Below this fraction of Keras Adam's step time, the Adam-to-SGD gap is
-# within this machine's noise and a share of it means nothing.
-NOISE_SHARE = 0.1
 
 
 def _print_gap_share(ours, samples, best):

@@ -6,6 +6,7 @@ every wait: a worker that cannot reach or loses its peer must end with a
 clear error, never hang.
 """
 
+import datetime
 import time
 
 import numpy as np
@@ -70,10 +71,11 @@ def test_worker_without_leader_fails_fast(tmp_path):
     concurrent suites), and the watchdog ends it at its deadline with the
     stack of the strategy's start-up (docs/RELIABILITY.md).
     """
+    deadline = 30
     ports = _cluster.free_ports(2)
     cluster = [f"127.0.0.1:{p}" for p in ports]
     proc = _cluster.start(
-        ["--register-timeout", "3", "--deadline", "30"],
+        ["--register-timeout", "3", "--deadline", str(deadline)],
         _cluster.worker_env(cluster, 1), str(tmp_path / "w1.log"),
     )
     (code,), elapsed, timed_out = _cluster.wait_all([proc], 120)
@@ -84,7 +86,8 @@ def test_worker_without_leader_fails_fast(tmp_path):
         assert "RegisterTask" in log, log[-3000:]
     else:  # the watchdog, while TensorFlow waits to register
         assert code == 1, log[-3000:]
-        assert "Timeout (0:00:30)!" in log, log[-3000:]
+        timeout_line = f"Timeout ({datetime.timedelta(seconds=deadline)})!"
+        assert timeout_line in log, log[-3000:]
         assert "_initialize_multi_worker" in log, log[-3000:]
 
 
