@@ -67,8 +67,8 @@ def test_worker_without_leader_fails_fast(tmp_path):
     Usually TensorFlow's register timeout (3 s) ends it with
     `DeadlineExceededError` from `RegisterTask`. Sometimes TensorFlow is
     still waiting to register when that timeout has passed (on TF 2.19
-    every time; on TF 2.16 once in ~7 CI runs, under the load of two
-    concurrent suites), and the watchdog ends it at its deadline with the
+    every time; on TF 2.16 once in ~7 CI runs and once in 6 runs of this
+    test alone), and the watchdog ends it at its deadline with the
     stack of the strategy's start-up (docs/RELIABILITY.md).
     """
     deadline = 30
